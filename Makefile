@@ -1,0 +1,25 @@
+# The quick start: `make demo` (set up, then run the whole pipeline on the synthetic world) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.maple-installed
+
+.PHONY: setup demo test bench clean
+
+# torch first, from the CPU build (DEVELOPERS.md says why), then everything else under the same constraint.
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/maple demo
+
+test: setup
+	$(PY) -m pytest
+
+clean:
+	rm -rf runs mlflow.db

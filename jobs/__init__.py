@@ -1,0 +1,1 @@
+"""Entry points, one per job: `python -m jobs.<name> --config <yaml> [section.key=value ...]` (also `maple <name>`)."""

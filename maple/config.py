@@ -1,0 +1,138 @@
+"""One config system: typed sections (pydantic, unknown keys forbidden) loaded from a YAML recipe plus
+command-line overrides (`train.lr=1e-4`).
+
+Each section lives beside the code it configures (`maple/<package>/config.py`) and is composed here into
+`Config`, so one recipe file can drive the whole pipeline and every job reads the sections it needs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from maple.data.config import DataConfig, WorldConfig
+from maple.eval.config import EvalConfig
+from maple.judge.config import JudgeConfig, MineConfig
+from maple.models.config import ModelConfig
+from maple.rerank.config import RerankerConfig
+from maple.section import Section
+from maple.serving.config import ServeConfig
+from maple.train.config import TrainConfig
+
+
+class RunConfig(Section):
+    """Where a job runs and where it writes."""
+
+    name: str = "maple"
+    output_dir: str = "runs/maple"
+    seed: int = 0
+    ray_address: str | None = None  # None: RAY_ADDRESS if set, else an embedded local cluster
+    mlflow_tracking_uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI overrides
+    mlflow_experiment: str = "maple"
+
+
+class Config(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    mine: MineConfig = Field(default_factory=MineConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    reranker: RerankerConfig = Field(default_factory=RerankerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    def to_flat_dict(self) -> dict[str, str]:
+        """`{"train.lr": "0.0001", ...}`: the resolved config as MLflow params."""
+        flat: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, sub in value.items():
+                    walk(f"{prefix}.{key}" if prefix else key, sub)
+            else:
+                flat[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+        walk("", self.model_dump(mode="json"))
+        return flat
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key."""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`"train.lr=1e-4"` -> (["train", "lr"], 1e-4); the value is read as YAML (`[1, 2]`, `true`, `null`)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(value, str):
+        value = _yaml_float(value)
+    return key.strip().split("."), value
+
+
+def _yaml_float(value: str) -> Any:
+    # YAML 1.1 reads "1e-4" as a string; users mean a number.
+    try:
+        return float(value) if any(c in value for c in "eE.") and value.lower() not in ("nan", "inf") else value
+    except ValueError:
+        return value
+
+
+def _set_path(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {part!r} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _normalise_numbers(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _normalise_numbers(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_normalise_numbers(v) for v in tree]
+    if isinstance(tree, str):
+        return _yaml_float(tree)
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML recipe (or the defaults when `path` is None), apply overrides, validate strictly."""
+    source = str(path) if path else "<defaults>"
+    tree: dict = {}
+    if path:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {source} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    tree = _normalise_numbers(tree)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_path(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown key {key!r}")
+            else:
+                problems.append(f"key {key!r}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None

@@ -1,0 +1,79 @@
+"""Arrow schemas, defined once. Every stage reads and writes Parquet with one of these.
+
+Images travel as encoded bytes (PNG/JPEG) plus their format, never as pickles.
+"""
+
+import pyarrow as pa
+
+# Image-text pairs: the input of every pipeline. `annotation` is the synthetic world's ground truth (JSON:
+# objects with shape/colour/size/position and the relations between them); real data leaves it null.
+PAIRS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("image_format", pa.string(), nullable=False),  # "png" | "jpeg" | ...
+        pa.field("captions", pa.list_(pa.string()), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # e.g. the input shard it was read from
+        pa.field("annotation", pa.string(), nullable=True),
+    ]
+)
+
+# Compositional test (SugarCrepe/Winoground style): one row per (image, typed hard negative caption).
+# `negative_image` renders the negative caption's scene where one exists (swap types), for image/group scores.
+COMPOSITIONAL_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("image_format", pa.string(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("negative_caption", pa.string(), nullable=False),
+        pa.field("negative_type", pa.string(), nullable=False),
+        pa.field("negative_image", pa.binary(), nullable=True),
+        pa.field("held_out", pa.bool_(), nullable=False),  # the scene uses a (colour, shape) combination held out of training
+        pa.field("annotation", pa.string(), nullable=True),
+    ]
+)
+
+# Rows that could not be used, with the reason; written beside a stage's output. `row` keeps the offending row's
+# non-binary fields as JSON so that nothing is lost silently.
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=True),
+        pa.field("source", pa.string(), nullable=True),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("row", pa.string(), nullable=True),
+    ]
+)
+
+# The mining job's output: one row per (query, direction). Candidates on the other modality are named by id
+# (`<pair id>` for an image, `<pair id>#<caption index>` for a text); hard negatives carry their content too, so
+# training streams one table. Scores are the judge's P(Yes); null where the judge gave no Yes/No logits.
+JUDGED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # "<query id>:<direction>"
+        pa.field("direction", pa.string(), nullable=False),  # "t2i" | "i2t"
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("query_text", pa.string(), nullable=True),
+        pa.field("query_image", pa.binary(), nullable=True),
+        pa.field("positive_id", pa.string(), nullable=False),
+        pa.field("positive_text", pa.string(), nullable=True),
+        pa.field("positive_image", pa.binary(), nullable=True),
+        pa.field("positive_score", pa.float32(), nullable=True),
+        pa.field("candidate_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("candidate_scores", pa.list_(pa.float32()), nullable=False),
+        pa.field("candidate_sims", pa.list_(pa.float32()), nullable=False),  # retrieval cosine similarity
+        pa.field("hard_negative_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("hard_negative_scores", pa.list_(pa.float32()), nullable=False),
+        pa.field("hard_negative_texts", pa.list_(pa.string()), nullable=True),  # i2t
+        pa.field("hard_negative_images", pa.list_(pa.binary()), nullable=True),  # t2i
+        pa.field("num_false_negatives", pa.int32(), nullable=False),
+        pa.field("repeated", pa.bool_(), nullable=False),  # fewer survivors than k: some repeated
+        pa.field("fallback", pa.bool_(), nullable=False),  # no survivor: random negatives, scores unknown
+        pa.field("judge_missing", pa.int32(), nullable=False),  # candidates whose judge output lacked the logits
+    ]
+)
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()

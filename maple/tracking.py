@@ -1,0 +1,86 @@
+"""The one place that opens MLflow runs and logs a run's resolved config.
+
+Tracking defaults to a local SQLite database (MLflow 3 refuses a plain `file:` store); MLFLOW_TRACKING_URI or
+`run.mlflow_tracking_uri` point elsewhere (an `mlflow server`). A relative SQLite path is made absolute here, so Ray
+workers whose working directory differs write to the same database.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+
+from maple.config import Config
+
+
+def tracking_uri(cfg: Config) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.run.mlflow_tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        uri = prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def log_config(cfg: Config) -> None:
+    """Resolved config as params (flattened keys) and as the YAML artifact `config.yaml`."""
+    flat = cfg.to_flat_dict()
+    items = list(flat.items())
+    for i in range(0, len(items), 100):  # MLflow caps params per batch request
+        mlflow.log_params(dict(items[i:i + 100]))
+    mlflow.log_text(cfg.to_yaml(), "config.yaml")
+
+
+@contextmanager
+def mlflow_run(cfg: Config, job: str, run_name: str | None = None, nested: bool = False,
+               run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """One MLflow run for one job: tagged with the job, params = resolved config."""
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_experiment(cfg.run.mlflow_experiment)
+    with mlflow.start_run(run_id=run_id, run_name=run_name or f"{cfg.run.name}-{job}", nested=nested,
+                          tags={"maple.job": job}) as run:
+        if run_id is None:
+            log_config(cfg)
+        yield run
+
+
+def ui_command(cfg: Config) -> str:
+    return f"mlflow ui --backend-store-uri {tracking_uri(cfg)} --host 127.0.0.1 --port 5000"
+
+
+# --- the model registry ------------------------------------------------------------------------------------------
+
+class EmbedderModel(mlflow.pyfunc.PythonModel):
+    """A registered maple embedder as an MLflow pyfunc: `predict(["a text", ...])` returns text embeddings; the
+    saved embedder directory travels as the artifact `embedder`, which `model_dir` fetches for maple's own loaders."""
+
+    def load_context(self, context) -> None:
+        from maple.models.embedder import load_embedder
+
+        self.embedder = load_embedder(context.artifacts["embedder"])
+
+    def predict(self, context, model_input, params=None):
+        texts = list(model_input["text"]) if hasattr(model_input, "columns") else list(model_input)
+        return self.embedder.encode_texts([str(t) for t in texts]).numpy()
+
+
+def register_embedder(model_dir: str | Path, name: str) -> str:
+    """Log a saved embedder directory in the active run and register it; returns `models:/<name>/<version>`."""
+    info = mlflow.pyfunc.log_model(name="embedder", python_model=EmbedderModel(),
+                                   artifacts={"embedder": str(model_dir)}, registered_model_name=name)
+    return f"models:/{name}/{info.registered_model_version}"
+
+
+def model_dir(spec: str, cfg: Config | None = None) -> str:
+    """A local directory for a model spec: a directory as is, or an MLflow `models:/name/version` URI downloaded
+    from the registry (the `embedder` artifact inside the pyfunc)."""
+    if not spec.startswith(("models:/", "runs:/")):
+        return spec
+    if cfg is not None:
+        mlflow.set_tracking_uri(tracking_uri(cfg))
+    local = Path(mlflow.artifacts.download_artifacts(spec))
+    inner = local / "artifacts" / "embedder"
+    return str(inner if inner.exists() else local)

@@ -1,0 +1,40 @@
+from typing import Literal
+
+from maple.section import Section
+
+
+class LossConfig(Section):
+    """λ·RPA + (1−λ)·InfoNCE + γ·KL (ARCHITECTURE.md "Losses")."""
+
+    infonce: bool = True
+    hard_negatives: bool = False  # MAPLE's extended negatives: mined hard negatives in the InfoNCE denominator
+    rpa: Literal["none", "pairwise", "listwise"] = "none"
+    rpa_weight: float = 0.5  # λ
+    rpa_beta: float = 10.0  # β in s_j = β·sim(q, c_j)
+    kl_weight: float = 0.0  # γ
+    kl_temperature: float = 0.02
+    temperature: float = 0.05  # initial τ of InfoNCE
+    learnable_temperature: bool = True
+
+
+class TrainConfig(Section):
+    input: str | None = None  # mined Parquet (or pairs for InfoNCE only); None: from run.output_dir
+    output: str | None = None
+    num_workers: int = 2
+    use_gpu: bool = False
+    zero_stage: int = 2
+    bf16: bool = False
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    steps: int = 200
+    batch_size: int = 64  # global contrastive batch
+    gradcache_chunk: int | None = None  # None: no GradCache
+    lora: bool = False
+    lora_rank: int = 8
+    lora_dora: bool = False
+    trainable: Literal["all", "text", "image", "projections"] = "all"
+    checkpoint_every: int = 50
+    eval_every: int = 50
+    max_failures: int = 2
+    loss: LossConfig = LossConfig()
