@@ -352,8 +352,10 @@ def _compositional_rows(n: int, cfg: WorldConfig, rng: random.Random, held_out: 
     rows = []
     i = 0
     while len(rows) < n:
-        require = held_out if (i % 2 == 0 and held_out) else None
-        scene = sample_scene(rng, cfg, forbid=set(), require=require)
+        # Alternate: scenes using a held-out combination, and scenes made only of combinations seen in training.
+        with_held_out = i % 2 == 0 and bool(held_out)
+        scene = sample_scene(rng, cfg, forbid=set() if with_held_out else held_out,
+                             require=held_out if with_held_out else None)
         if len(scene.objects) < 2:
             continue
         i += 1

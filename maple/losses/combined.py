@@ -91,10 +91,10 @@ class MapleLoss(nn.Module):
         value but "loss" is detached, for logging. Terms that are not configured are absent."""
         cfg = self.config
         if self.needs_hard_negatives and hard_negatives is None:
-            wanted = f"train.loss.rpa={cfg.rpa}, train.loss.kl_weight={cfg.kl_weight}, train.loss.hard_negatives={cfg.hard_negatives}"
+            wanted = f"rpa={cfg.rpa}, kl_weight={cfg.kl_weight}, hard_negatives={cfg.hard_negatives}"
             raise ValueError(
-                f"MapleLoss: {wanted} needs hard negatives, but none were given: train on the mining job's judged "
-                f"Parquet (hard_negative_texts / hard_negative_images) or turn those terms off"
+                f"MapleLoss: train.loss ({wanted}) needs hard negatives, but none were given: train on the mining "
+                f"job's judged Parquet (hard_negative_texts / hard_negative_images) or turn those terms off"
             )
         scale = self.log_logit_scale.exp()
         out: dict[str, torch.Tensor] = {"logit_scale": scale.detach().clamp(max=MAX_LOGIT_SCALE)}
@@ -113,7 +113,9 @@ class MapleLoss(nn.Module):
             total = total + (infonce if cfg.rpa == "none" else (1.0 - cfg.rpa_weight) * infonce)
 
         if self.needs_scores:
-            sim, scores, valid = self._candidate_sims(query, positive, hard_negatives, positive_score, hard_negative_scores, score_mask)
+            sim, scores, valid = self._candidate_sims(
+                query, positive, hard_negatives, positive_score, hard_negative_scores, score_mask
+            )
             if cfg.rpa != "none":
                 rpa_fn = rpa_pairwise_loss if cfg.rpa == "pairwise" else rpa_listwise_loss
                 rpa = rpa_fn(sim, scores, cfg.rpa_beta, mask=valid)
@@ -137,11 +139,15 @@ class MapleLoss(nn.Module):
         score_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """sim, judge scores and validity over {c+, hard negatives}: each (N, 1+k)."""
-        missing = [name for name, t in (("positive_score", positive_score), ("hard_negative_scores", hard_negative_scores)) if t is None]
+        missing = [
+            name
+            for name, t in (("positive_score", positive_score), ("hard_negative_scores", hard_negative_scores))
+            if t is None
+        ]
         if missing:
             raise ValueError(
-                f"MapleLoss: train.loss.rpa={self.config.rpa} / train.loss.kl_weight={self.config.kl_weight} need judge scores, "
-                f"but {', '.join(missing)} is missing: train on the mining job's judged Parquet (columns "
+                f"MapleLoss: train.loss.rpa={self.config.rpa} / train.loss.kl_weight={self.config.kl_weight} need "
+                f"judge scores, but {', '.join(missing)} is missing: train on the mining job's judged Parquet (columns "
                 f"{_JUDGED_COLUMNS}) or set train.loss.rpa=none and train.loss.kl_weight=0"
             )
         n, k = hard_negatives.shape[:2]
@@ -155,7 +161,9 @@ class MapleLoss(nn.Module):
             valid = scores.isfinite()
         else:
             if score_mask.shape != scores.shape:
-                raise ValueError(f"MapleLoss: score_mask must be (N, 1+k) = {tuple(scores.shape)}; got {tuple(score_mask.shape)}")
+                raise ValueError(
+                    f"MapleLoss: score_mask must be (N, 1+k) = {tuple(scores.shape)}; got {tuple(score_mask.shape)}"
+                )
             valid = score_mask.bool()
             if (valid & ~scores.isfinite()).any():
                 raise ValueError("MapleLoss: score_mask marks a judge score as valid that is NaN or infinite")

@@ -18,10 +18,10 @@ def distributed_world() -> tuple[int, int]:
 class _AllGatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward sums every rank's gradient for this rank's rows (a reduce-scatter).
 
-    Not `torch.distributed.nn.functional.all_gather`: on gloo its backward scatters into buffers shaped like the
-    incoming gradient, and a non-contiguous gradient (a transposed matmul's, an einsum's) comes back scrambled
-    (gloo ignores strides: pytorch/pytorch#24836, #192920); measured here with torch 2.13. The gradient is made
-    contiguous before any collective touches it.
+    Not `torch.distributed.nn.functional.all_gather`: on gloo its backward scatters into `empty_like(grad)` buffers,
+    which keep a non-contiguous gradient's strides, and gloo's scatter ignores strides (pytorch/pytorch#24836,
+    #192920), so the gradient of e.g. an einsum comes back scrambled (measured with torch 2.13). Here the gradient is
+    made contiguous before any collective touches it.
     """
 
     @staticmethod
@@ -53,9 +53,9 @@ def gather_features(features: torch.Tensor, *, gather_with_grad: bool = True) ->
     torch.distributed not initialised: `(features, 0)`, the identity.
 
     gather_with_grad=True (default): the backward of the gather reduce-scatters (sums) every rank's gradient back to
-    the shard's owner. Each rank's loss over the global batch
-    therefore sends its gradient to every shard; once parameter gradients are averaged across ranks (DDP, DeepSpeed),
-    they equal the gradient of the same loss computed on one process holding the whole batch.
+    the shard's owner, so each rank's loss over the global batch sends its gradient to every shard. Once parameter
+    gradients are averaged across ranks (DDP, DeepSpeed), they equal the gradient of the same loss computed on one
+    process holding the whole batch.
 
     gather_with_grad=False is open_clip's cheaper mode: the other ranks' rows are constants and only the local rows
     (put back in place) carry gradient, so the cross-rank gradient terms are dropped; the loss value is unchanged.
@@ -67,7 +67,7 @@ def gather_features(features: torch.Tensor, *, gather_with_grad: bool = True) ->
     if gather_with_grad:
         gathered = _AllGatherWithGrad.apply(features)
     else:
-        parts = [torch.empty_like(features) for _ in range(world_size)]
+        parts = [torch.empty_like(features, memory_format=torch.contiguous_format) for _ in range(world_size)]
         dist.all_gather(parts, features.detach().contiguous())
         parts[rank] = features  # the local rows keep their graph
         gathered = torch.cat(parts, dim=0)

@@ -47,10 +47,13 @@ def infonce_loss(
     """
     if query.ndim != 2 or candidate.shape != query.shape:
         raise ValueError(
-            f"infonce_loss: query and candidate must both be (N, D); got {tuple(query.shape)} and {tuple(candidate.shape)}"
+            f"infonce_loss: query and candidate must both be (N, D); "
+            f"got {tuple(query.shape)} and {tuple(candidate.shape)}"
         )
     if hard_negatives is not None and (
-        hard_negatives.ndim != 3 or hard_negatives.shape[0] != query.shape[0] or hard_negatives.shape[2] != query.shape[1]
+        hard_negatives.ndim != 3
+        or hard_negatives.shape[0] != query.shape[0]
+        or hard_negatives.shape[2] != query.shape[1]
     ):
         raise ValueError(
             f"infonce_loss: hard_negatives must be (N, k, D) = ({query.shape[0]}, k, {query.shape[1]}); "

@@ -8,7 +8,7 @@ Listwise: the positive is hidden among x negatives at a random slot, and the rer
 | input       | shape      | meaning                                                                     |
 |-------------|------------|-----------------------------------------------------------------------------|
 | logits_pos  | (N, 2)     | [Yes, No] logits (or scores) for each query with its positive               |
-| logits_neg  | (N, 2)     | [Yes, No] logits for each query with its hardest negative (the caller picks it: highest judge score) |
+| logits_neg  | (N, 2)     | [Yes, No] logits for each query with its hardest negative (caller's pick: top judge score) |
 | list_logits | (N, x+1)   | one logit per slot of the listwise prompt                                   |
 | target      | (N,) long  | the slot of the positive, from `listwise_slots`                             |
 

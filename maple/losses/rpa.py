@@ -82,6 +82,10 @@ def rpa_listwise_loss(
     weight = torch.where(v & (n_after > 0), gap_sum / n_after.clamp(min=1), 0.0)
 
     # the denominator of position k runs over valid r_j, j ≥ k; the diagonal is always kept so no row is all −inf
-    suffix = torch.triu(ones, diagonal=0)[None] & (v[:, None, :] | torch.eye(num_candidates, dtype=torch.bool, device=sim.device))
-    log_denominator = torch.logsumexp(s[:, None, :].expand(-1, num_candidates, -1).masked_fill(~suffix, float("-inf")), dim=-1)
+    suffix = torch.triu(ones, diagonal=0)[None] & (
+        v[:, None, :] | torch.eye(num_candidates, dtype=torch.bool, device=sim.device)
+    )
+    log_denominator = torch.logsumexp(
+        s[:, None, :].expand(-1, num_candidates, -1).masked_fill(~suffix, float("-inf")), dim=-1
+    )
     return -(weight * (s - log_denominator)).sum() / sim.shape[0]

@@ -7,7 +7,7 @@ scores, and L = ½ [KL(P‖Q) + KL(Q‖P)] (a symmetric KL, the Jeffreys diverge
 |--------------|--------|--------------------------------------------------------------------------|
 | sim          | (N, K) | cosine similarity of each query to its K candidates                      |
 | judge_scores | (N, K) | the judge's P(Yes) for the same candidates                               |
-| mask         | (N, K) | optional bool: True where the judge gave a score; the softmaxes run over valid candidates only |
+| mask         | (N, K) | optional bool: True where the judge gave a score; softmaxes over valid ones only |
 
 A row with no valid candidate contributes 0 (and still counts in the batch mean). Related: `rpa_pairwise_loss`,
 `rpa_listwise_loss` (MAPLE's use of the same scores, as a ranking).
@@ -30,7 +30,9 @@ def soft_label_kl_loss(
     if mask is None:
         mask = torch.ones_like(sim, dtype=torch.bool)
     elif mask.shape != sim.shape or mask.dtype != torch.bool:
-        raise ValueError(f"soft_label_kl_loss: mask must be a bool (N, K) tensor like sim; got {mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(
+            f"soft_label_kl_loss: mask must be a bool (N, K) tensor like sim; got {mask.dtype} {tuple(mask.shape)}"
+        )
     # an all-masked row softmaxes over every column (finite, unused) and is zeroed below, so no NaN appears
     support = mask | ~mask.any(dim=1, keepdim=True)
     log_p = torch.log_softmax((sim / temperature).masked_fill(~support, float("-inf")), dim=1)

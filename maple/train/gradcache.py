@@ -33,7 +33,9 @@ class _RngState:
 
     def __init__(self) -> None:
         self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        self.cuda = (
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        )
 
     @contextmanager
     def replay(self) -> Iterator[None]:
@@ -65,7 +67,9 @@ def chunk_batch(batch: Any, chunk_size: int) -> list[Any]:
         ]
     if isinstance(batch, Sequence):
         return [batch[i : i + chunk_size] for i in range(0, len(batch), chunk_size)]
-    raise TypeError(f"chunk_batch: cannot split a {type(batch).__name__}; pass a tensor, a mapping of tensors or a list")
+    raise TypeError(
+        f"chunk_batch: cannot split a {type(batch).__name__}; pass a tensor, a mapping of tensors or a list"
+    )
 
 
 def _default_backward(tensor: torch.Tensor, is_last: bool) -> None:
@@ -117,7 +121,9 @@ def gradcache_step(
     backward(terms["loss"], False)
 
     # 3. replay each chunk with a graph under its saved RNG state and push the cached gradient through it
-    replays = [(s, c) for s, (_, chunks) in enumerate(streams) for c in range(len(chunks)) if leaves[s].grad is not None]
+    replays = [
+        (s, c) for s, (_, chunks) in enumerate(streams) for c in range(len(chunks)) if leaves[s].grad is not None
+    ]
     if not replays:
         raise ValueError("gradcache_step: the loss does not depend on any stream's embeddings")
     for done, (s, c) in enumerate(replays, start=1):

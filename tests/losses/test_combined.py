@@ -22,6 +22,11 @@ def _batch(seed=0):
     }
 
 
+def _judged(b) -> dict:
+    """The keyword inputs of MapleLoss.forward: hard negatives and judge scores."""
+    return {k: v for k, v in b.items() if k not in ("query", "positive")}
+
+
 def _candidate_sims(b) -> torch.Tensor:
     """cos(q_i, c) over [c+, h_i1..h_iK], one dot product at a time."""
     rows = []
@@ -37,10 +42,20 @@ def _scores(b) -> torch.Tensor:
 
 
 def test_maple_loss_total_is_lambda_rpa_plus_one_minus_lambda_infonce_plus_gamma_kl():
-    cfg = LossConfig(rpa="pairwise", rpa_weight=0.3, rpa_beta=7.0, kl_weight=0.2, kl_temperature=0.1, hard_negatives=True, temperature=0.05)
+    cfg = LossConfig(
+        rpa="pairwise",
+        rpa_weight=0.3,
+        rpa_beta=7.0,
+        kl_weight=0.2,
+        kl_temperature=0.1,
+        hard_negatives=True,
+        temperature=0.05,
+    )
     b = _batch()
-    out = MapleLoss(cfg).double()(b["query"], b["positive"], **{k: v for k, v in b.items() if k not in ("query", "positive")})
-    infonce = infonce_loss(b["query"], b["positive"], torch.tensor(20.0, dtype=torch.float64), hard_negatives=b["hard_negatives"])
+    out = MapleLoss(cfg).double()(b["query"], b["positive"], **_judged(b))
+    infonce = infonce_loss(
+        b["query"], b["positive"], torch.tensor(20.0, dtype=torch.float64), hard_negatives=b["hard_negatives"]
+    )
     rpa = rpa_pairwise_loss(_candidate_sims(b), _scores(b), 7.0)
     kl = soft_label_kl_loss(_candidate_sims(b), _scores(b), 0.1)
     assert out["infonce"].item() == pytest.approx(infonce.item(), abs=1e-6)
@@ -52,14 +67,14 @@ def test_maple_loss_total_is_lambda_rpa_plus_one_minus_lambda_infonce_plus_gamma
 def test_maple_loss_uses_listwise_rpa_when_configured():
     cfg = LossConfig(rpa="listwise", rpa_weight=0.5, rpa_beta=3.0)
     b = _batch(seed=1)
-    out = MapleLoss(cfg).double()(b["query"], b["positive"], **{k: v for k, v in b.items() if k not in ("query", "positive")})
+    out = MapleLoss(cfg).double()(b["query"], b["positive"], **_judged(b))
     assert out["rpa"].item() == pytest.approx(rpa_listwise_loss(_candidate_sims(b), _scores(b), 3.0).item(), abs=1e-6)
 
 
 def test_maple_loss_without_rpa_ignores_lambda():
     cfg = LossConfig(rpa="none", rpa_weight=0.3, kl_weight=0.5)
     b = _batch(seed=2)
-    out = MapleLoss(cfg).double()(b["query"], b["positive"], **{k: v for k, v in b.items() if k not in ("query", "positive")})
+    out = MapleLoss(cfg).double()(b["query"], b["positive"], **_judged(b))
     assert "rpa" not in out
     assert out["loss"].item() == pytest.approx(out["infonce"].item() + 0.5 * out["kl"].item(), abs=1e-9)
 
@@ -68,7 +83,9 @@ def test_maple_loss_infonce_alone_needs_no_hard_negatives_or_scores():
     b = _batch(seed=3)
     out = MapleLoss(LossConfig()).double()(b["query"], b["positive"])
     assert set(out) == {"loss", "infonce", "logit_scale"}
-    assert out["loss"].item() == pytest.approx(infonce_loss(b["query"], b["positive"], torch.tensor(20.0, dtype=torch.float64)).item())
+    assert out["loss"].item() == pytest.approx(
+        infonce_loss(b["query"], b["positive"], torch.tensor(20.0, dtype=torch.float64)).item()
+    )
 
 
 @pytest.mark.parametrize("cfg", [LossConfig(rpa="pairwise"), LossConfig(kl_weight=0.1)], ids=["rpa", "kl"])
@@ -89,9 +106,11 @@ def test_maple_loss_excludes_nan_judge_scores_by_default():
     b = _batch(seed=6)
     b["hard_negative_scores"][1, 2] = float("nan")
     b["positive_score"][3] = float("nan")
-    out = MapleLoss(cfg).double()(b["query"], b["positive"], **{k: v for k, v in b.items() if k not in ("query", "positive")})
+    out = MapleLoss(cfg).double()(b["query"], b["positive"], **_judged(b))
     mask = _scores(b).isfinite()
-    assert out["rpa"].item() == pytest.approx(rpa_pairwise_loss(_candidate_sims(b), _scores(b), cfg.rpa_beta, mask).item(), abs=1e-6)
+    assert out["rpa"].item() == pytest.approx(
+        rpa_pairwise_loss(_candidate_sims(b), _scores(b), cfg.rpa_beta, mask).item(), abs=1e-6
+    )
     assert math.isfinite(out["loss"].item())
 
 
@@ -100,7 +119,9 @@ def test_maple_loss_rejects_a_score_mask_that_marks_nan_as_valid():
     b["hard_negative_scores"][0, 0] = float("nan")
     with pytest.raises(ValueError, match="score_mask marks a judge score as valid"):
         MapleLoss(LossConfig(rpa="pairwise")).double()(
-            b["query"], b["positive"], **{k: v for k, v in b.items() if k not in ("query", "positive")},
+            b["query"],
+            b["positive"],
+            **_judged(b),
             score_mask=torch.ones(N, K + 1, dtype=torch.bool),
         )
 

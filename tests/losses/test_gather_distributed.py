@@ -46,6 +46,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         results = {}
         _, _, (query, _, _) = _setup()
         results["gathered"], results["offset"] = gather_features(query[rows])
+        results["gathered_without_grad"], _ = gather_features(query[rows], gather_with_grad=False)
+        # a transposed (non-contiguous) upstream gradient: each rank's rows must get the sum of both ranks' gradients
+        local = query[rows].clone().requires_grad_()
+        weights = torch.arange(N * D_IN, dtype=torch.float64).reshape(D_IN, N).T
+        (gather_features(local)[0] * weights).sum().backward()
+        results["local_grad"] = local.grad
         for local_loss in (False, True):
             model, logit_scale, (query, candidate, hard) = _setup()
             loss, grads = _step(model, logit_scale, query[rows], candidate[rows], hard[rows], local_loss)
@@ -69,7 +75,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("gather")
-    context = mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="spawn")
+    context = mp.start_processes(
+        _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + 60
     try:
         while not context.join(timeout=1):
@@ -104,6 +112,20 @@ def test_gather_features_concatenates_ranks_in_order_with_the_local_offset(ranks
     for rank, result in enumerate(ranks):
         assert torch.equal(result["gathered"], query)
         assert result["offset"] == rank * (N // WORLD_SIZE)
+
+
+def test_gather_features_without_grad_gathers_the_same_rows(ranks):
+    for result in ranks:
+        torch.testing.assert_close(result["gathered_without_grad"], result["gathered"], atol=0, rtol=0)
+
+
+def test_gather_features_backward_sums_every_ranks_gradient_even_when_non_contiguous(ranks):
+    weights = torch.arange(N * D_IN, dtype=torch.float64).reshape(D_IN, N).T
+    n = N // WORLD_SIZE
+    for rank, result in enumerate(ranks):
+        torch.testing.assert_close(
+            result["local_grad"], WORLD_SIZE * weights[rank * n : (rank + 1) * n], atol=0, rtol=0
+        )
 
 
 def test_gathered_infonce_value_equals_single_process_on_every_rank(ranks, single_process):

@@ -51,7 +51,9 @@ def _inputs(n=5, d=6, k=3, seed=0):
 def test_infonce_matches_explicit_loop_reference():
     query, candidate, _ = _inputs()
     scale = torch.tensor(7.5, dtype=torch.float64)
-    assert infonce_loss(query, candidate, scale).item() == pytest.approx(reference_infonce(query, candidate, 7.5), abs=1e-6)
+    assert infonce_loss(query, candidate, scale).item() == pytest.approx(
+        reference_infonce(query, candidate, 7.5), abs=1e-6
+    )
 
 
 def test_infonce_hard_negatives_join_each_query_to_candidate_denominator():

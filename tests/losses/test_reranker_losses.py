@@ -16,8 +16,9 @@ def _neg_log_softmax_at(logits: list[float], index: int) -> float:
 
 def reference_pairwise(logits_pos, logits_neg) -> float:
     """mean_i −log P(Yes | q_i, c+) + mean_i −log P(No | q_i, hardest negative); column 0 = Yes, 1 = No."""
-    pos, neg = logits_pos.tolist(), logits_neg.tolist()
-    return sum(_neg_log_softmax_at(row, 0) for row in pos) / len(pos) + sum(_neg_log_softmax_at(row, 1) for row in neg) / len(neg)
+    yes_for_positive = [_neg_log_softmax_at(row, 0) for row in logits_pos.tolist()]
+    no_for_negative = [_neg_log_softmax_at(row, 1) for row in logits_neg.tolist()]
+    return sum(yes_for_positive) / len(yes_for_positive) + sum(no_for_negative) / len(no_for_negative)
 
 
 def reference_listwise(list_logits, target) -> float:

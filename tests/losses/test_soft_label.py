@@ -35,7 +35,8 @@ def reference_soft_label(sim, judge, temperature, mask=None) -> float:
 
 def _inputs(n=4, k=5, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, k, generator=g, dtype=torch.float64) * 2 - 1, torch.rand(n, k, generator=g, dtype=torch.float64)
+    sim = torch.rand(n, k, generator=g, dtype=torch.float64) * 2 - 1
+    return sim, torch.rand(n, k, generator=g, dtype=torch.float64)
 
 
 def test_soft_label_kl_matches_explicit_loop_reference():
@@ -51,9 +52,7 @@ def test_soft_label_kl_default_temperature_is_unime_v2_002():
 
 def test_soft_label_kl_mask_excludes_candidates_even_with_nan_scores():
     sim, judge = _inputs(seed=2)
-    mask = torch.tensor(
-        [[True, True, False, True, True], [False] * 5, [True, False, False, False, False], [True] * 5]
-    )
+    mask = torch.tensor([[True, True, False, True, True], [False] * 5, [True, False, False, False, False], [True] * 5])
     got = soft_label_kl_loss(sim, judge.masked_fill(~mask, float("nan")), 0.2, mask=mask).item()
     assert got == pytest.approx(reference_soft_label(sim, judge, 0.2, mask), abs=1e-6)
 

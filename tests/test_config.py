@@ -1,0 +1,61 @@
+import pytest
+
+from maple.config import ConfigError, load_config
+
+
+def test_defaults_load_without_a_file():
+    cfg = load_config()
+    assert cfg.train.loss.kl_temperature == 0.02 and cfg.mine.beta == 0.01 and cfg.mine.top_k == 50
+
+
+def test_override_sets_a_nested_key_with_a_typed_value():
+    cfg = load_config(None, ["train.lr=1e-4", "mine.directions=[t2i]", "train.loss.rpa=listwise"])
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.mine.directions == ["t2i"]
+    assert cfg.train.loss.rpa == "listwise"
+
+
+def test_unknown_key_in_file_names_the_key_and_the_file(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("train:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"recipe\.yaml.*unknown key 'train\.lrr'"):
+        load_config(path)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"key 'train\.steps'"):
+        load_config(None, ["train.steps=many"])
+
+
+def test_unknown_section_is_an_error():
+    with pytest.raises(ConfigError, match="unknown key 'trian'"):
+        load_config(None, ["trian.lr=1"])
+
+
+def test_literal_choices_are_enforced():
+    with pytest.raises(ConfigError, match=r"key 'judge\.backend'"):
+        load_config(None, ["judge.backend=sampling"])
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_override_without_equals_is_rejected():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["train.lr"])
+
+
+def test_flat_dict_holds_every_resolved_key():
+    flat = load_config(None, ["train.lr=0.5"]).to_flat_dict()
+    assert flat["train.lr"] == "0.5" and "train.loss.rpa" in flat and "world.shapes" in flat
+
+
+def test_every_recipe_in_configs_loads():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        load_config(recipe)
