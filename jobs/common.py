@@ -30,6 +30,9 @@ def init_ray(cfg: Config, **kwargs) -> None:
     """Join `run.ray_address` / RAY_ADDRESS when given (a cluster, or `ray job submit`); else start a local Ray."""
     import ray
 
+    # Ray 2.60's Parquet reader starts 32 footer-reading actors per read by default: tens of seconds on a small
+    # machine for a handful of files. A few suffice for maple's shard counts; set the variable to change it.
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
     if ray.is_initialized():
         return
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")

@@ -31,7 +31,7 @@ def resolve_model(cfg: Config, spec: str | None) -> str:
     return str(path)
 
 
-def embed_table(path: Path, model_path: str, cfg: Config, **columns):
+def embed_table(path: Path, model_path: str | dict[str, str], cfg: Config, **columns):
     """Read a Parquet split with Ray Data, embed the given columns (`EmbedColumns` arguments) in an actor pool, and
     return a pandas frame without the image bytes."""
     import ray.data
@@ -45,24 +45,50 @@ def embed_table(path: Path, model_path: str, cfg: Config, **columns):
     return ds.drop_columns(list(columns.get("image_columns", ()))).to_pandas()
 
 
-def evaluate(cfg: Config, model_spec: str | None, name: str) -> dict[str, float]:
-    """Embed the test and compositional splits with the model and compute every metric."""
+def evaluate_many(cfg: Config, specs: dict[str, str | None], out_root: Path | None = None
+                  ) -> dict[str, dict[str, float]]:
+    """Evaluate several embedders on the same splits in one Ray Data pass (images decoded once, one actor pool).
+
+    specs: name -> model spec (directory, `models:/name/version`, or None for the untrained tiny twin). With
+    `out_root`, each model's `metrics.json`, `report.md` and `similarities.npz` (matched and unmatched test-set
+    similarities, for histograms) are written to `<out_root>/<name>/`.
+    """
     world = Path(cfg.eval.split_dir or Path(cfg.run.output_dir) / "world")
-    model_path = resolve_model(cfg, model_spec)
-    test = embed_table(world / "test", model_path, cfg, image_columns=("image",), text_list_columns=("captions",))
+    paths = {name: resolve_model(cfg, spec) for name, spec in specs.items()}
+    test = embed_table(world / "test", paths, cfg, image_columns=("image",), text_list_columns=("captions",))
     bad = test["image_error"] != ""
     if bad.any():
         raise ValueError(f"{world / 'test'}: {int(bad.sum())} test images do not decode (first id "
                          f"{test['id'][bad].iloc[0]}); validate the split first")
-    text_image_ids = [i for i, caps in zip(test["id"], test["captions_emb"]) for _ in range(len(caps))]
-    metrics = retrieval_report(list(test["id"]), np.stack(test["image_emb"]), text_image_ids,
-                               np.concatenate(list(test["captions_emb"])), cfg.eval.recall_ks)
-    comp = embed_table(world / "compositional", model_path, cfg, image_columns=("image", "negative_image"),
+    comp = embed_table(world / "compositional", paths, cfg, image_columns=("image", "negative_image"),
                        text_columns=("caption", "negative_caption"))
-    metrics.update(compositional_report(
-        list(comp["negative_type"]), comp["held_out"].to_numpy(), np.stack(comp["image_emb"]),
-        np.stack(comp["caption_emb"]), np.stack(comp["negative_caption_emb"]), np.stack(comp["negative_image_emb"])))
-    return metrics
+    results = {}
+    for name in paths:
+        captions = list(test[f"{name}/captions_emb"])
+        text_image_ids = [i for i, caps in zip(test["id"], captions) for _ in range(len(caps))]
+        image_emb, text_emb = np.stack(test[f"{name}/image_emb"]), np.concatenate(captions)
+        metrics = retrieval_report(list(test["id"]), image_emb, text_image_ids, text_emb, cfg.eval.recall_ks)
+        metrics.update(compositional_report(
+            list(comp["negative_type"]), comp["held_out"].to_numpy(), np.stack(comp[f"{name}/image_emb"]),
+            np.stack(comp[f"{name}/caption_emb"]), np.stack(comp[f"{name}/negative_caption_emb"]),
+            np.stack(comp[f"{name}/negative_image_emb"])))
+        results[name] = metrics
+        if out_root is not None:
+            out = Path(out_root) / name
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+            (out / "report.md").write_text(to_markdown(metrics, f"Evaluation: {name}"))
+            sim = text_emb @ image_emb.T
+            index = {i: n for n, i in enumerate(test["id"])}
+            matched = np.zeros(sim.shape, bool)
+            matched[np.arange(len(text_image_ids)), [index[i] for i in text_image_ids]] = True
+            np.savez_compressed(out / "similarities.npz", matched=sim[matched], unmatched=sim[~matched])
+    return results
+
+
+def evaluate(cfg: Config, model_spec: str | None, name: str, out_root: Path | None = None) -> dict[str, float]:
+    """Embed the test and compositional splits with one model and compute every metric."""
+    return evaluate_many(cfg, {name: model_spec}, out_root)[name]
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -70,16 +96,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     init_ray(cfg)
     name = Path(cfg.eval.model).name if cfg.eval.model else "untrained"
     out = Path(cfg.run.output_dir) / "eval" / name
-    out.mkdir(parents=True, exist_ok=True)
     with mlflow_run(cfg, "evaluate", run_name=f"{cfg.run.name}-eval-{name}"):
-        metrics = evaluate(cfg, cfg.eval.model, name)
-        mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items()})
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        (out / "report.md").write_text(to_markdown(metrics, f"Evaluation: {name}"))
+        metrics = evaluate(cfg, cfg.eval.model, name, out.parent)
+        log_metrics(metrics)
         mlflow.log_artifacts(str(out), "eval")
     print(json.dumps({"report": str(out / "report.md"), "t2i_r@1": metrics.get("t2i_r@1"),
                       "i2t_r@1": metrics.get("i2t_r@1"), "comp_all_accuracy": metrics.get("comp_all_accuracy")}))
     return metrics
+
+
+def log_metrics(metrics: dict[str, float], prefix: str = "") -> None:
+    """MLflow metric names allow no '@'."""
+    mlflow.log_metrics({prefix + k.replace("@", "_at_"): v for k, v in metrics.items() if np.isfinite(v)})
 
 
 if __name__ == "__main__":

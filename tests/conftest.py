@@ -10,6 +10,7 @@ import pytest
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")  # as jobs.common.init_ray does
 
 
 @pytest.fixture(scope="session")

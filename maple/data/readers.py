@@ -146,7 +146,9 @@ def read_parquet_pairs(path: str | None) -> ray.data.Dataset:
     fs, files = _list_files(path, "parquet", "Parquet shards of image-text pairs")
     with fs.open_input_file(files[0]) as f:
         mapping = _parquet_mapping(pq.read_schema(f), files[0])
-    ds = ray.data.read_parquet(files, filesystem=fs, columns=sorted(set(mapping.values())), include_paths=True)
+    # Ray's footer-reader pool size: jobs.common.init_ray sets RAY_DATA_PARQUET_FOOTER_NUM_ACTORS.
+    ds = ray.data.read_parquet(files, filesystem=fs, include_paths=True)
+    ds = ds.select_columns(sorted(set(mapping.values())) + ["path"])
     return ds.map_batches(_raw_from_parquet, batch_format="pyarrow", fn_kwargs={"mapping": mapping})
 
 
@@ -329,19 +331,22 @@ def _quarantine_part(table: pa.Table) -> pa.Table:
                                 schema=QUARANTINE_SCHEMA)
 
 
-def validated(ds: ray.data.Dataset, cfg: DataConfig, stage: str) -> tuple[ray.data.Dataset, ray.data.Dataset]:
-    """Raw rows -> (good rows in PAIRS_SCHEMA, quarantine rows in QUARANTINE_SCHEMA).
+def validated(ds: ray.data.Dataset, cfg: DataConfig, stage: str, *, materialize: bool = False
+              ) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """Raw rows -> (good rows in PAIRS_SCHEMA, quarantine rows in QUARANTINE_SCHEMA), both lazy.
 
-    One map_batches runs `validate_pairs` and tags each row with `_quarantine_reason`; the two returned Datasets
-    are a filter each over that one stream (Ray fuses each filter into the validation task). Both are lazy: nothing
-    is materialised. Consuming both runs read + validation once per consumer; that is the price of two plain
-    streams, and the simplest thing that never holds the dataset in memory. To decode once, consume the good rows
-    first and count/collect the quarantine afterwards only where the cost matters, or materialise `ds` when it is
-    small.
+    Streaming design: one map_batches runs `validate_pairs` and tags every row with `_quarantine_reason` (null for
+    good rows; quarantined rows drop their image bytes there); each returned Dataset is a filter-and-project over
+    that one stream, fused by Ray into the same task. Nothing is materialised, so each Dataset you consume runs
+    read + validation itself: consuming both decodes every image twice. That is the price of two plain streams.
+    `materialize=True` validates once and keeps the tagged rows in Ray's object store (spilled to disk when they
+    do not fit) for both Datasets to read: one decode pass, at the cost of holding the images.
 
     batch_format="pyarrow": binary and list<string> columns cross as Arrow without numpy's object-array and
     ragged-tensor conversions, nulls stay nulls, and the outputs are cast to the schemas exactly.
     """
     checked = ds.map_batches(_check, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "stage": stage})
+    if materialize:
+        checked = checked.materialize()
     return (checked.map_batches(_good_part, batch_format="pyarrow"),
             checked.map_batches(_quarantine_part, batch_format="pyarrow"))

@@ -1,5 +1,7 @@
 """Readers on real files (Parquet, WebDataset tar, COCO JSON + folder, the synthetic world) through Ray Data, then
-validation: good + quarantined rows add up to the input, each bad row with its reason."""
+validation: good + quarantined rows add up to the input, each bad row with its reason.
+
+Ray comes from the session fixture `ray_local` (tests/conftest.py)."""
 
 import io
 import json
@@ -13,11 +15,9 @@ from PIL import Image
 
 from maple.data.config import DataConfig, WorldConfig
 from maple.data.quarantine import quarantine_counts, write_quarantine
-from maple.data.readers import read_pairs, validated
+from maple.data.readers import _parquet_mapping, _raw_from_parquet, read_pairs, validated
 from maple.data.schema import PAIRS_SCHEMA, QUARANTINE_SCHEMA
 from maple.data.synth import synthesize
-
-pytestmark = pytest.mark.usefixtures("ray_local")  # one local Ray for the session (tests/conftest.py)
 
 
 def _image(size=(16, 16), mode="RGB", colour=(10, 20, 30), fmt="PNG") -> bytes:
@@ -35,7 +35,7 @@ def _by_id(rows):
     return {r["id"]: r for r in rows}
 
 
-def test_parquet_shard_splits_into_good_and_quarantined_rows_with_nothing_lost(tmp_path):
+def test_parquet_shard_splits_into_good_and_quarantined_rows_with_nothing_lost(tmp_path, ray_local):
     rows = [  # ids as integers and a single `caption` column: both mapped to PAIRS_SCHEMA
         (1, _image(), "a red circle"),
         (2, b"\x89PNG not really", "corrupt"),
@@ -51,7 +51,7 @@ def test_parquet_shard_splits_into_good_and_quarantined_rows_with_nothing_lost(t
     pq.write_table(pa.table({"id": [r[0] for r in rows], "image": [r[1] for r in rows],
                              "caption": [r[2] for r in rows]}), shard)
     cfg = DataConfig(format="parquet", path=str(tmp_path / "pairs"))
-    good, bad = _run(validated(read_pairs(cfg), cfg, "pairs"))
+    good, bad = _run(validated(read_pairs(cfg), cfg, "pairs", materialize=True))
 
     assert len(good) + len(bad) == len(rows)
     assert sorted(r["id"] for r in good) == ["1", "8"]
@@ -80,6 +80,21 @@ def test_parquet_column_of_the_wrong_type_is_an_error_naming_file_and_column(tmp
         read_pairs(DataConfig(format="parquet", path=str(shard)))
 
 
+def test_hugging_face_style_columns_map_to_raw_rows():
+    """Integer ids, `text` captions and `image` as struct<bytes, path> (the `datasets` Image feature)."""
+    table = pa.table({"image_id": pa.array([1, 2], pa.int64()),
+                      "image": pa.array([{"bytes": b"png bytes", "path": "a.png"}, {"bytes": None, "path": "b.png"}]),
+                      "text": pa.array(["a caption", None], pa.large_string()),
+                      "path": ["/data/part-0.parquet"] * 2})  # added by read_parquet(include_paths=True)
+    mapping = _parquet_mapping(table.schema, "part-0.parquet")
+    assert _raw_from_parquet(table, mapping).to_pylist() == [
+        {"id": "1", "image": b"png bytes", "captions": ["a caption"], "source": "/data/part-0.parquet",
+         "annotation": None, "_quarantine_reason": None},
+        {"id": "2", "image": None, "captions": None, "source": "/data/part-0.parquet",
+         "annotation": None, "_quarantine_reason": None},
+    ]
+
+
 def _write_tar(path, members: list[tuple[str, bytes]]) -> None:
     with tarfile.open(path, "w") as tar:
         for name, data in members:
@@ -88,7 +103,7 @@ def _write_tar(path, members: list[tuple[str, bytes]]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def test_webdataset_shard_reads_txt_and_json_captions_keyed_by_sample(tmp_path):
+def test_webdataset_shard_reads_txt_and_json_captions_keyed_by_sample(tmp_path, ray_local):
     shard = tmp_path / "shard-000.tar"
     _write_tar(shard, [
         ("s0.jpg", _image(fmt="JPEG")), ("s0.txt", b"first caption\n\nsecond caption\n"),
@@ -113,7 +128,7 @@ def test_webdataset_shard_reads_txt_and_json_captions_keyed_by_sample(tmp_path):
                                                   "s5": "corrupt_json", "s6": "missing_field:image"}
 
 
-def test_coco_json_groups_captions_per_image_and_quarantines_missing_files(tmp_path):
+def test_coco_json_groups_captions_per_image_and_quarantines_missing_files(tmp_path, ray_local):
     images = tmp_path / "images"
     images.mkdir()
     (images / "1.jpg").write_bytes(_image(fmt="JPEG"))
@@ -142,18 +157,18 @@ def test_coco_json_groups_captions_per_image_and_quarantines_missing_files(tmp_p
     assert json.loads(_by_id(bad)["9"]["row"])["captions"] == ["an orphan caption"]
 
 
-def test_synthetic_world_train_split_reads_as_all_good_pairs(tmp_path):
+def test_synthetic_world_train_split_reads_as_all_good_pairs(tmp_path, ray_local):
     world = WorldConfig(n_train=12, n_val=2, n_test=2, n_compositional=2, shard_size=5)
     synthesize(world, tmp_path)
     cfg = DataConfig(format="synthetic", path=str(tmp_path))
-    good, bad = _run(validated(read_pairs(cfg), cfg, "pairs"))
+    good, bad = _run(validated(read_pairs(cfg), cfg, "pairs", materialize=True))
     assert bad == [] and len(good) == 12
     original = pq.read_table(tmp_path / "train").to_pylist()
     assert {r["id"]: r["image"] for r in good} == {r["id"]: r["image"] for r in original}  # bytes untouched
     assert all(r["annotation"] and r["source"] == "synthetic:train" for r in good)
 
 
-def test_write_quarantine_streams_a_dataset_to_one_shard_file(tmp_path):
+def test_write_quarantine_streams_a_dataset_to_one_shard_file(tmp_path, ray_local):
     rows = [{"id": f"r{i}", "source": "s", "stage": "pairs", "reason": reason, "row": "{}"}
             for i, reason in enumerate(["corrupt", "corrupt", "missing_file"])]
     ds = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA))
