@@ -53,27 +53,25 @@ def read_validated(files: list[str], cfg: Config):
 def embed_pairs(good, model_path: str, cfg: Config) -> dict:
     """Embed every good pair's image and captions in an actor pool; collect ids, embeddings and content on the
     driver (candidates are global: every shard's, even finished ones, are needed)."""
-    from maple.mining.stage import CONTENT_SCHEMA, shard_name
-    from maple.models.batch_inference import EmbedColumns
+    from maple.mining.stage import CONTENT_SCHEMA, EmbedPairs, shard_name
 
     embedded = good.map_batches(
-        EmbedColumns, fn_constructor_kwargs=dict(model_path=model_path, image_columns=("image",),
-                                                 text_list_columns=("captions",), batch_size=cfg.mine.embed_batch_size),
+        EmbedPairs, fn_constructor_kwargs=dict(model_path=model_path, batch_size=cfg.mine.embed_batch_size),
         batch_size=cfg.mine.embed_batch_size, concurrency=cfg.mine.embed_concurrency, num_cpus=1,
         max_restarts=cfg.mine.max_actor_restarts, max_task_retries=cfg.mine.max_actor_restarts)
     ids, shards, image_emb, caption_embs, content, failed = [], [], [], [], [], []
-    for batch in embedded.iter_batches(batch_size=cfg.mine.embed_batch_size):
-        for i, pid in enumerate(batch["id"]):
-            if batch["image_error"][i]:
-                failed.append({"id": pid, "source": shard_name(batch["source"][i]), "stage": "mine:embed",
-                               "reason": f"image:{batch['image_error'][i]}", "row": json.dumps({"id": pid})})
+    for batch in embedded.iter_batches(batch_size=cfg.mine.embed_batch_size, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            pid, shard = row["id"], shard_name(row["source"])
+            if row["image_error"]:
+                failed.append({"id": pid, "source": shard, "stage": "mine:embed",
+                               "reason": f"image:{row['image_error']}", "row": json.dumps({"id": pid})})
                 continue
-            ids.append(str(pid))
-            shards.append(shard_name(batch["source"][i]))
-            image_emb.append(batch["image_emb"][i])
-            caption_embs.append(np.asarray(batch["captions_emb"][i], np.float32))
-            content.append({"id": str(pid), "image": bytes(batch["image"][i]),
-                            "captions": [str(c) for c in batch["captions"][i]], "annotation": batch["annotation"][i]})
+            ids.append(pid)
+            shards.append(shard)
+            image_emb.append(np.asarray(row["image_emb"], np.float32))
+            caption_embs.append(np.asarray(row["captions_emb"], np.float32))
+            content.append({k: row[k] for k in ("id", "image", "captions", "annotation")})
     dim = image_emb[0].shape[-1] if image_emb else 0
     return {"ids": ids, "shards": shards, "image_emb": np.asarray(image_emb, np.float32).reshape(len(ids), dim),
             "caption_embs": caption_embs, "content": pa.Table.from_pylist(content, schema=CONTENT_SCHEMA),
@@ -112,7 +110,8 @@ def score_histogram_png(scores: np.ndarray, path: Path, bins: int = 20) -> list[
     bar = (width - 2 * pad) / bins
     for i, c in enumerate(counts):
         h = (height - 2 * pad) * c / top
-        draw.rectangle([pad + i * bar + 1, height - pad - h, pad + (i + 1) * bar - 1, height - pad], fill=(60, 110, 200))
+        draw.rectangle([pad + i * bar + 1, height - pad - h, pad + (i + 1) * bar - 1, height - pad],
+                       fill=(60, 110, 200))
     draw.line([pad, height - pad, width - pad, height - pad], fill="black")
     draw.text((pad, 10), f"judge P(Yes), {int(counts.sum())} pairs, max bin {top}", fill="black")
     draw.text((pad, height - pad + 8), "0", fill="black")
@@ -143,7 +142,7 @@ def output_counts(out: Path) -> dict:
 
 
 def mine(cfg: Config) -> dict:
-    """The job body (Ray initialised by the caller). Returns the summary written to `<out>/summary.json`."""
+    """The job body. Returns the summary written to `<out>/summary.json`."""
     import mlflow
     import ray
 
@@ -162,6 +161,7 @@ def mine(cfg: Config) -> dict:
     )
     from maple.tracking import mlflow_run
 
+    init_ray(cfg)  # no-op when the caller (main, the demo, a test) has Ray up already
     out = Path(cfg.mine.output or Path(cfg.run.output_dir) / "mined")
     files = input_shards(cfg.mine.input or Path(cfg.run.output_dir) / "world" / "train")
     # Fail fast: judge model, its Yes/No tokens, GPUs, before reading any data.

@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from maple.data.config import DataConfig, WorldConfig
-from maple.eval.config import EvalConfig
+from maple.eval.config import DemoConfig, EvalConfig
 from maple.judge.config import JudgeConfig, MineConfig
 from maple.models.config import ModelConfig
 from maple.rerank.config import RerankerConfig
@@ -46,6 +46,7 @@ class Config(Section):
     reranker: RerankerConfig = Field(default_factory=RerankerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
 
     def to_flat_dict(self) -> dict[str, str]:
         """`{"train.lr": "0.0001", ...}`: the resolved config as MLflow params."""
@@ -63,6 +64,17 @@ class Config(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def with_overrides(self, *overrides: str) -> "Config":
+        """A validated copy with `section.key=value` overrides applied (as on the command line)."""
+        tree = self.model_dump(mode="json")
+        for text in overrides:
+            key, value = parse_override(text)
+            _set_path(tree, key, value)
+        try:
+            return Config.model_validate(tree)
+        except ValidationError as exc:
+            raise ConfigError(f"overrides {list(overrides)}: {exc}") from None
 
 
 class ConfigError(ValueError):

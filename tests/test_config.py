@@ -59,3 +59,12 @@ def test_every_recipe_in_configs_loads():
     assert recipes
     for recipe in recipes:
         load_config(recipe)
+
+
+def test_with_overrides_returns_a_validated_copy():
+    cfg = load_config()
+    other = cfg.with_overrides("train.loss.rpa=pairwise", "run.seed=7")
+    assert other.train.loss.rpa == "pairwise" and other.run.seed == 7
+    assert cfg.train.loss.rpa == "none" and cfg.run.seed == 0
+    with pytest.raises(ConfigError):
+        cfg.with_overrides("train.loss.rpa=triplewise")

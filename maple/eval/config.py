@@ -8,3 +8,15 @@ class EvalConfig(Section):
     batch_size: int = 64
     rerank_top_k: int = 10
     reranker: str | None = None
+
+
+class DemoConfig(Section):
+    """The main job's ablation (`maple demo`): variants × seeds on the same data and steps."""
+
+    seeds: int = 3
+    variants: list[str] = ["infonce", "hard_negatives", "soft_label", "rpa_pairwise", "rpa_listwise", "full"]
+    reranker: bool = True  # also report "full + reranker" (retrieve-then-rerank over the full variant)
+    baseline_steps: int = 150  # InfoNCE warm-up on plain pairs; its embedder mines, every variant starts from it
+    variant_steps: int = 150
+    judge_noise_sweep: list[float] = []  # flip rates of the reference judge for the noise study; empty: none
+    serve: bool = False  # end by serving the best variant on 127.0.0.1

@@ -4,17 +4,26 @@ from maple.section import Section
 
 
 class JudgeConfig(Section):
-    """The MLLM judge that scores (query, candidate) pairs with P(Yes)."""
+    """The MLLM judge that scores (query, candidate) pairs with P(Yes) (docs/judge.md)."""
 
     backend: Literal["reference", "hf", "vllm"] = "reference"
-    model: str | None = None  # name or path of the judge checkpoint (hf, vllm)
+    model: str | None = None  # local path (or a name already in the HF cache) of the judge checkpoint (hf, vllm)
     tensor_parallel_size: int = 1
     gpus_per_actor: float = 0.0
     num_actors: int = 1
-    batch_size: int = 32
-    max_model_len: int = 2048
+    cpus_per_actor: float = 1.0
+    batch_size: int = 32  # pairs per forward pass (hf) / per engine call (vllm)
+    max_model_len: int = 2048  # a prompt longer than this gets no score (NaN, counted in judge_missing)
+    dtype: str = "auto"  # torch dtype of the judge weights: auto | float32 | bfloat16 | float16
+    yes_token: str = "Yes"
+    no_token: str = "No"
+    chat_template: bool = True  # wrap the prompt in the tokenizer's chat template when it has one
+    image_placeholder: str | None = None  # None: from the model type (LLaVA "<image>", Qwen2-VL vision tokens)
+    enable_prefix_caching: bool = True  # vllm
+    enforce_eager: bool = False  # vllm: skip graph compilation (faster start, slower steps; tests, tiny models)
     noise_flip_rate: float = 0.0  # reference backend only: probability of replacing a score by 1 - score
     noise_std: float = 0.0  # reference backend only: Gaussian noise on scores, clipped to [0, 1]
+    noise_seed: int = 0  # reference backend only: the noise is a function of (seed, query id, candidate id)
 
 
 class MineConfig(Section):
@@ -22,6 +31,7 @@ class MineConfig(Section):
 
     input: str | None = None  # pairs Parquet folder; None: <run.output_dir>/world/train
     output: str | None = None  # None: <run.output_dir>/mined
+    model: str | None = None  # the current embedder (a folder or models:/name/version); None: the untrained twin
     directions: list[Literal["t2i", "i2t"]] = ["t2i", "i2t"]
     top_k: int = 50
     num_hard_negatives: int = 8
@@ -31,3 +41,5 @@ class MineConfig(Section):
     exact_max_candidates: int = 100_000
     embed_batch_size: int = 64
     embed_concurrency: int = 1
+    queries_per_batch: int = 16  # queries per judge task; each brings top_k + 1 pairs, kept together (prefix cache)
+    max_actor_restarts: int = 3  # a judge/embed actor whose process dies is restarted and its task retried

@@ -70,7 +70,8 @@ class AnchorHead(nn.Module):
             if len(pool) == 0:
                 raise ValueError("init_from_tokens: no token features to draw anchors from")
             rows = torch.randint(len(pool), (anchors.shape[0],), generator=g)
-            anchors.copy_(pool[rows].float() + 1e-3 * torch.randn(anchors.shape, generator=g))
+            drawn = pool[rows].float() + 1e-3 * torch.randn(anchors.shape, generator=g)
+            anchors.copy_(F.normalize(drawn, dim=-1))  # unit norm: the optimizer's lr is then scale-free
 
 
 class LinearProjectionHead(nn.Module):

@@ -27,6 +27,32 @@ class PalConfig(Section):
     feature_cache: str | None = None  # frozen token features (Parquet); None: <run.output_dir>/pal/features
 
 
+class MateConfig(Section):
+    """MATE (maple.models.mate): a VLM image encoder joined to an LLM text embedder by a projection P, trained in
+    stages (ARCHITECTURE.md; configs/mate.yaml)."""
+
+    vlm: str | None = None  # a CLIP checkpoint or saved maple dual encoder; None: the tiny CLIP twin trained on captions
+    vlm_text_tokens: int = 77  # the VLM's text window (CLIP's 77): long texts are truncated there by the baseline
+    llm: str | None = None  # the LLM-side text embedder by path or cached name; None: the bundled all-MiniLM-L6-v2
+    chunk_overlap: int | None = None  # tokens shared by consecutive windows of a long text; None: window // 8
+    projection: Literal["linear", "mlp"] = "mlp"
+    projection_hidden: int = 512  # hidden width of the MLP projection
+    temperature: float = 0.05  # τ of the contrastive term (fixed)
+    distance: Literal["cosine", "mse"] = "cosine"
+    distance_weight: float = 1.0
+    lora_rank: int = 8  # stage 2: LoRA on the VLM image encoder's attention projections
+    lora_alpha: int = 16
+    lora_targets: list[str] = ["q_proj", "v_proj"]
+    vlm_steps: int = 300  # training of the tiny VLM twin on short captions (when vlm is None): also the baseline
+    stage1_caption_steps: int = 150  # stage 1a: P(VLM-text(caption)) -> LLM(caption)
+    stage1_document_steps: int = 150  # stage 1b: P(VLM-text(caption)) -> LLM(long caption or document)
+    stage2_steps: int = 150  # stage 2: P(VLM-image(x)) -> LLM(caption(x)), LoRA on the image encoder
+    stage2_pairs: int | None = 200  # "few image-caption pairs": the first n training images; None: all
+    min_caption_tokens: int = 100  # long texts of the synthetic world (maple.data.long_text)
+    min_document_tokens: int = 160
+    seeds: list[int] = [0, 1, 2]  # the long-text report: every model trained once per seed, mean ± std
+
+
 class ModelConfig(Section):
     """Which embedder: a family, and a checkpoint by name or path (None: the family's tiny random twin)."""
 
@@ -39,3 +65,4 @@ class ModelConfig(Section):
     max_text_tokens: int = 64
     tiny: TinyConfig = TinyConfig()
     pal: PalConfig = PalConfig()
+    mate: MateConfig = MateConfig()

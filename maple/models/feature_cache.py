@@ -137,7 +137,8 @@ def cache_features(split_dir: str | Path, cache_dir: str | Path, split: str, enc
         return report
     ds = ray.data.read_parquet([str(p) for p in todo], include_paths=True)
     ds = ds.map_batches(TokenFeatures, fn_constructor_kwargs=dict(encoders_dir=str(encoders), batch_size=batch_size),
-                        batch_format="pyarrow", batch_size=batch_size, concurrency=concurrency, num_cpus=num_cpus)
+                        batch_format="pyarrow", batch_size=batch_size, num_cpus=num_cpus,
+                        compute=ray.data.ActorPoolStrategy(size=concurrency))
     tmp = {p.name: out / f".{p.name}.tmp-{os.getpid()}" for p in todo}
     writers = {name: pq.ParquetWriter(path, FEATURES_SCHEMA) for name, path in tmp.items()}
     bad: dict[str, list[dict]] = {name: [] for name in tmp}
@@ -171,13 +172,19 @@ def _source_of(table: pa.Table, name: str) -> str:
 # --- reading back -------------------------------------------------------------------------------------------------
 
 
-def read_features(cache_dir: str | Path, split: str, limit: int | None = None) -> pa.Table:
-    """The cached FEATURES_SCHEMA rows of a split (first `limit` rows, in shard order)."""
-    paths = sorted((Path(cache_dir) / split).glob("part-*.parquet"))
+def feature_paths(cache_dir: str | Path, split: str) -> list[str]:
+    """The finished feature shards of a split (not its quarantine folder, not a shard being written): what
+    `ray.data.read_parquet` should read for training."""
+    paths = sorted(str(p) for p in (Path(cache_dir) / split).glob("part-*.parquet"))
     if not paths:
         raise FileNotFoundError(f"{Path(cache_dir) / split} holds no cached features; run the cache stage first "
                                 "(maple.models.feature_cache.cache_features, or python -m jobs.pal)")
-    table = pa.concat_tables([pq.read_table(p, schema=FEATURES_SCHEMA) for p in paths])
+    return paths
+
+
+def read_features(cache_dir: str | Path, split: str, limit: int | None = None) -> pa.Table:
+    """The cached FEATURES_SCHEMA rows of a split (first `limit` rows, in shard order)."""
+    table = pa.concat_tables([pq.read_table(p, schema=FEATURES_SCHEMA) for p in feature_paths(cache_dir, split)])
     return table.slice(0, limit) if limit is not None else table
 
 
@@ -216,15 +223,49 @@ def collate_features(rows: dict[str, Any], epoch: int = 0, seed: int = 0, captio
     return {"image_tokens": image_tokens, "image_mask": image_mask, "text_tokens": text_tokens, "text_mask": text_mask}
 
 
+class FeatureTensors:
+    """A cached split held as padded tensors, for loops in one process (study, benchmark): batches are indexing.
+
+    image: (N, n, d_x) float16; text: (M, m, d_y) float16 with text_mask (M, m), every caption of every row;
+    caption_start/caption_count: (N,) where row i's captions lie in `text`.
+    """
+
+    def __init__(self, table: pa.Table):
+        self.ids = table["id"].to_pylist()
+        self.annotations = table["annotation"].to_pylist()
+        self.image = torch.from_numpy(image_features(table)).half()
+        feats, owner = all_caption_features(table)
+        text, self.text_mask = _pad(feats, feats[0].shape[1])
+        self.text = text.half()
+        self.caption_count = torch.from_numpy(np.bincount(owner, minlength=len(self.ids)))
+        self.caption_start = torch.cumsum(self.caption_count, 0) - self.caption_count
+        self.caption_owner = torch.from_numpy(owner)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, rows: torch.Tensor, epoch: int = 0, seed: int = 0) -> dict[str, torch.Tensor]:
+        """The `collate_features` batch of rows `rows` (B,) with the same caption choice."""
+        choice = torch.tensor([caption_choice(self.ids[i], int(self.caption_count[i]), epoch, seed)
+                               for i in rows.tolist()])
+        caps = self.caption_start[rows] + choice
+        width = int(self.text_mask[caps].sum(1).max())
+        return {"image_tokens": self.image[rows].float(),
+                "image_mask": torch.ones(self.image[rows].shape[:2], dtype=torch.bool),
+                "text_tokens": self.text[caps, :width].float(), "text_mask": self.text_mask[caps, :width]}
+
+
 def all_caption_features(table: pa.Table) -> tuple[list[np.ndarray], np.ndarray]:
     """Every caption's token features of a cached split, and the row (image) each caption belongs to."""
-    feats, owner = [], []
-    for i, (caps, counts) in enumerate(zip(table["caption_tokens"].to_pylist(),
-                                           table["caption_token_counts"].to_pylist())):
-        for c, m in zip(caps, counts):
-            feats.append(np.asarray(c, dtype=np.float32).reshape(m, -1))
-            owner.append(i)
-    return feats, np.asarray(owner)
+    # Straight from the Arrow buffers: to_pylist would box every float.
+    column = table["caption_tokens"].combine_chunks()
+    per_row = column.value_lengths().to_numpy()
+    captions = column.flatten()
+    values = np.asarray(captions.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    bounds = np.concatenate([[0], np.cumsum(captions.value_lengths().to_numpy())])
+    counts = np.concatenate([np.asarray(c, dtype=np.int64) for c in table["caption_token_counts"].to_pylist()])
+    feats = [values[a:b].reshape(m, -1) for a, b, m in zip(bounds, bounds[1:], counts)]
+    return feats, np.repeat(np.arange(len(table)), per_row)
 
 
 def image_features(table: pa.Table) -> np.ndarray:

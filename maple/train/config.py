@@ -38,3 +38,11 @@ class TrainConfig(Section):
     eval_every: int = 50
     max_failures: int = 2
     loss: LossConfig = LossConfig()
+    # --- added with the training job (issue 5) ---
+    val_input: str | None = None  # pairs for periodic val recall; None: <run.output_dir>/world/val when it exists
+    storage_path: str | None = None  # Ray Train storage (checkpoints); None: <run.output_dir>/ray_results
+    num_to_keep: int = 2  # checkpoints kept in storage
+    max_grad_norm: float = 1.0  # gradient clipping; 0 = off
+    lora_alpha: float = 16.0
+    shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer; 0 = stream order
+    register_name: str | None = None  # MLflow registered model name; None: <run.name>-embedder

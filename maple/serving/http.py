@@ -1,0 +1,122 @@
+"""HTTP plumbing of the API, without Ray: the request guard (bearer auth, body-size limit) that runs before FastAPI
+parses anything, and the exception handlers that turn every failure into `{"error": {...}}` JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from maple.serving.errors import ApiError, error_body
+from maple.serving.inputs import check_bearer
+
+logger = logging.getLogger(__name__)
+OPEN_PATHS = ("/health",)  # liveness probes need no key
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    max_body_bytes: int
+    api_key_digest: str | None
+
+
+class RequestGuard:
+    """ASGI middleware: 401 without the bearer token (when one is configured), 413 for a body over the limit —
+    judged on Content-Length when sent and on the bytes actually received otherwise (chunked uploads)."""
+
+    def __init__(self, app, settings: Callable[[], GuardSettings]):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        settings = self.settings()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        try:
+            if scope.get("path", "") not in OPEN_PATHS:
+                check_bearer(headers.get("authorization"), settings.api_key_digest)
+            length = headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+                raise _too_large(int(length), settings.max_body_bytes)
+        except ApiError as exc:
+            return await _send_error(send, exc)
+
+        received = 0
+        refused = False  # the body went over the limit: the 413 is sent, the app's own response is dropped
+
+        async def counting_receive():
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > settings.max_body_bytes:
+                    refused = True
+                    await _send_error(send, _too_large(received, settings.max_body_bytes, at_least=True))
+                    return {"type": "http.disconnect"}  # the app stops reading, as if the client had gone
+            return message
+
+        async def guarded_send(message):
+            if not refused:
+                await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
+
+
+def _too_large(size: int, limit: int, at_least: bool = False) -> ApiError:
+    return ApiError(413, f"request body {'over ' if at_least else ''}{size} bytes exceeds the limit of {limit} bytes "
+                         "(serve.max_body_bytes)", "body_too_large")
+
+
+async def _send_error(send, exc: ApiError) -> None:
+    body = json.dumps(exc.body()).encode()
+    await send({"type": "http.response.start", "status": exc.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """FastAPI's error list -> one readable line and the first field at fault (`input`, `top_k`)."""
+    parts, param = [], None
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        where = ".".join(loc) or "body"
+        param = param or (where if loc else None)
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error the API returns has the `{"error": {message, type, code, param}}` shape."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        message, param = validation_message(exc)
+        return JSONResponse(error_body(422, message, "invalid_request", param), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(exc.status_code, str(exc.detail), code), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        logger.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body(500, f"internal error ({type(exc).__name__}); see the replica's log",
+                                       "internal_error"), status_code=500)

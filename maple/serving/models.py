@@ -1,0 +1,134 @@
+"""The models a server runs: loading by spec, naming them (model id + version in every response), and the batched
+embedding call of the Embedder deployment. No Ray here.
+
+A spec is an MLflow registry URI (`models:/name/version` or `models:/name@alias`), a checkpoint directory, or None
+for the tiny random twin (demo and tests; its id says so).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from maple.models.config import ModelConfig
+from maple.models.embedder import MANIFEST, Embedder, build_embedder, load_embedder
+from maple.serving.api import ModelCard
+from maple.serving.inputs import Content
+
+TINY_SOURCE = "tiny-random"
+TINY_SEED = 0  # the server and jobs/index.py must build the same twin for the demo's queries to match its index
+
+
+def tiny_embedder() -> Embedder:
+    """The demo embedder: the default family's tiny random twin, seeded so every process builds the same one."""
+    return build_embedder(ModelConfig(), seed=TINY_SEED)
+
+
+def model_card(spec: str | None, kind: str, tracking_uri: str | None = None, dimensions: int | None = None,
+               tiny_id: str = "maple-tiny") -> ModelCard:
+    """How a served model is named: `models:/maple/3` -> id "maple", version "3" (an alias is resolved to its
+    version when the registry answers); a directory -> its name, version "local"; None -> the tiny twin."""
+    if spec is None:
+        return ModelCard(id=tiny_id, version="random", kind=kind, source=TINY_SOURCE, dimensions=dimensions)
+    if spec.startswith("models:/"):
+        ref = spec[len("models:/"):].strip("/")
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = _alias_version(name, alias, tracking_uri) or alias
+        else:
+            name, _, version = ref.partition("/")
+        return ModelCard(id=name, version=version or "latest", kind=kind, source=spec, dimensions=dimensions)
+    return ModelCard(id=Path(spec).resolve().name, version="local", kind=kind, source=spec, dimensions=dimensions)
+
+
+def _alias_version(name: str, alias: str, tracking_uri: str | None) -> str | None:
+    import mlflow
+
+    try:
+        return str(mlflow.MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def local_model_dir(spec: str, tracking_uri: str | None = None) -> str:
+    """A directory for a spec: the directory itself, or the registry download (`maple.tracking.model_dir`)."""
+    if spec.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        from maple.tracking import model_dir
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        local = Path(model_dir(spec))
+        if not (local / MANIFEST).exists():
+            # MLflow stores a pyfunc artifact under its source folder's name (artifacts/<name>/), not its key.
+            found = sorted(local.glob(f"artifacts/*/{MANIFEST}"))
+            if len(found) == 1:
+                return str(found[0].parent)
+        return str(local)
+    if not Path(spec).is_dir():
+        raise FileNotFoundError(f"model {spec!r} is neither a directory nor a models:/ URI; pass a checkpoint "
+                                "directory written by save_pretrained or a registered models:/name/version")
+    return spec
+
+
+def resolve_device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_served_embedder(spec: str | None, device: str | None = None,
+                         tracking_uri: str | None = None) -> tuple[Embedder, ModelCard]:
+    model = tiny_embedder() if spec is None else load_embedder(local_model_dir(spec, tracking_uri))
+    model = model.to(resolve_device(device)).eval()
+    card = model_card(spec, "embedding", tracking_uri, model.embedding_dim,
+                      tiny_id=f"maple-tiny-{getattr(model, 'family', 'embedder')}")
+    return model, card
+
+
+def load_served_reranker(spec: str | None, device: str | None = None, tracking_uri: str | None = None):
+    """The reranker (`maple.rerank.model`): an object with `score(query, candidates) -> list[float]`."""
+    from maple.rerank.config import RerankerConfig
+    from maple.rerank.model import build_reranker, load_reranker
+
+    if spec is None:
+        model = build_reranker(RerankerConfig())
+    else:
+        if spec.startswith(("models:/", "runs:/")) and tracking_uri:
+            import mlflow
+
+            mlflow.set_tracking_uri(tracking_uri)
+        model = load_reranker(spec)
+    model = model.to(resolve_device(device)).eval()
+    return model, model_card(spec, "rerank", tracking_uri, tiny_id=f"maple-tiny-{model.kind.replace('_', '-')}")
+
+
+@torch.inference_mode()
+def embed_contents(model: Embedder, contents: list[Content]) -> tuple[np.ndarray, list[int]]:
+    """Embed a mixed batch of texts and images in one forward pass per modality.
+
+    contents: N items, each a `str` or an RGB `PIL.Image`.
+    Returns vectors (N, D) float32, L2-normalised, in input order, and each input's token count (0 for images).
+    """
+    text_at = [i for i, c in enumerate(contents) if isinstance(c, str)]
+    image_at = [i for i, c in enumerate(contents) if isinstance(c, Image.Image)]
+    if len(text_at) + len(image_at) != len(contents):
+        raise TypeError("embed_contents takes str and PIL.Image items only")
+    vectors = np.zeros((len(contents), model.embedding_dim), np.float32)
+    tokens = [0] * len(contents)
+    device = model.device
+    if text_at:
+        inputs = model.tokenize([contents[i] for i in text_at])
+        mask = inputs.get("attention_mask")
+        counts = mask.sum(dim=1).tolist() if mask is not None else [inputs["input_ids"].shape[1]] * len(text_at)
+        out = model.embed_texts(**{k: v.to(device) for k, v in inputs.items()})
+        vectors[text_at] = out.float().cpu().numpy()
+        for i, n in zip(text_at, counts):
+            tokens[i] = int(n)
+    if image_at:
+        inputs = model.preprocess([contents[i] for i in image_at])
+        out = model.embed_images(**{k: v.to(device) for k, v in inputs.items()})
+        vectors[image_at] = out.float().cpu().numpy()
+    return vectors, tokens

@@ -1,0 +1,340 @@
+"""The Ray Train + DeepSpeed wrapper around a `TrainTask`: the only part of training that knows about Ray.
+
+`run_training(cfg, task, datasets, run_name)` runs a Ray Train V2 `TorchTrainer` whose workers:
+- build the task's model and loss, and `deepspeed.initialize` them with a client `torch.optim.AdamW` (ZeRO stage
+  train.zero_stage, bf16 from train.bf16; gloo on CPU, NCCL on GPU, set up by Ray Train's TorchConfig);
+- stream their shard of the "train" dataset (`get_dataset_shard("train").iter_batches`), collate and step;
+- log every step to ONE MLflow run (rank 0, `setup_mlflow`): the loss terms, lr, samples/s, memory; and the task's
+  evaluation on the "val" dataset at step 0, every train.eval_every steps and at the end;
+- save DeepSpeed checkpoints every train.checkpoint_every steps and report them (`ray.train.report`); after a worker
+  dies (FailureConfig(max_failures)) or when a run is submitted again under the same name, the workers resume from
+  `ray.train.get_checkpoint()` and keep logging to the same MLflow run (its id lives in the storage folder);
+- at the end gather the weights (ZeRO-3), let the task export them into the final checkpoint, which the driver copies
+  to train.output and registers in the MLflow model registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import torch
+from torch import nn
+
+from maple.config import Config
+from maple.train.tasks import TrainTask
+
+# Each ray.train.report waits for the controller's next poll (2 s by default in Ray Train V2).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+log = logging.getLogger(__name__)
+RUN_STATE = "maple_run.json"  # beside the Ray Train run in storage: the MLflow run id across re-submissions
+DEEPSPEED_TAG = "deepspeed"
+MODEL_DIR = "model"
+
+
+@dataclass
+class TrainResult:
+    model_dir: str  # the exported model (train.output)
+    mlflow_run_id: str
+    registry_uri: str | None  # models:/<name>/<version>
+    metrics: dict[str, float] = field(default_factory=dict)  # the last reported metrics
+    checkpoint_path: str | None = None
+
+
+# --- checks before anything starts ---------------------------------------------------------------------------------
+
+def check_config(cfg: Config) -> None:
+    """Refuse configs that cannot run, before any worker starts; messages name the key and what to do."""
+    tc = cfg.train
+    if tc.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"train.zero_stage={tc.zero_stage}: DeepSpeed ZeRO has stages 0, 1, 2 and 3")
+    if tc.num_workers < 1:
+        raise ValueError(f"train.num_workers={tc.num_workers}: need at least 1")
+    if tc.batch_size % tc.num_workers:
+        raise ValueError(f"train.batch_size={tc.batch_size} (global) must be a multiple of train.num_workers="
+                         f"{tc.num_workers}")
+    if tc.gradcache_chunk is not None and tc.zero_stage == 3:
+        # Measured with deepspeed 0.19.8: ZeRO-3 keeps only the last of several backward passes in one step.
+        raise ValueError("train.gradcache_chunk is not supported with train.zero_stage=3 (ZeRO-3 does not accumulate "
+                         "the several backward passes of a GradCache step); use zero_stage <= 2 or no GradCache")
+    if tc.steps < 1 or tc.checkpoint_every < 1 or tc.eval_every < 1:
+        raise ValueError("train.steps, train.checkpoint_every and train.eval_every must be >= 1")
+
+
+def deepspeed_config(cfg: Config, micro_batch: int) -> dict[str, Any]:
+    tc = cfg.train
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": tc.max_grad_norm,  # DeepSpeed's default is 1.0: always say it
+        "zero_optimization": {"stage": tc.zero_stage},
+        "bf16": {"enabled": tc.bf16},
+        "zero_allow_untested_optimizer": True,  # the client AdamW: no DeepSpeed op to compile
+        "steps_per_print": 10 ** 9,
+    }
+
+
+# --- pieces of the worker loop (plain functions; DeepSpeed quirks documented where they are handled) ---------------
+
+class TrainModule(nn.Module):
+    """Model and loss in one module, so DeepSpeed partitions and checkpoints the loss's temperature too."""
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+
+def lift_scalar_parameters(module: nn.Module) -> list[str]:
+    """Give 0-dim parameters shape (1,): DeepSpeed 0.19's model broadcast views each parameter as bytes, which a
+    0-dim tensor cannot do (CLIP's logit_scale, MapleLoss's log_logit_scale). Returns the names, to undo on export."""
+    names = []
+    for name, param in module.named_parameters():
+        if param.ndim == 0:
+            param.data = param.data.reshape(1)
+            names.append(name)
+    return names
+
+
+def register_zero3_external_parameters(module: nn.Module) -> None:
+    """ZeRO-3 gathers a module's own parameters when its forward starts. transformers' text embeddings read a child's
+    weight shape before calling the child (CLIPTextEmbeddings: position_embedding.weight.shape[0]), so the embedding
+    modules must fetch their children's parameters themselves."""
+    import deepspeed
+
+    for sub in module.modules():
+        if type(sub).__name__.endswith("Embeddings"):
+            for param in sub.parameters():
+                deepspeed.zero.register_external_parameter(sub, param)
+
+
+def warmup_cosine(steps: int, warmup: int):
+    """LR multiplier: linear warm-up over `warmup` steps, then cosine decay to 0 at `steps`."""
+    import math
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def full_state_dict(engine, zero_stage: int, rank: int) -> dict[str, torch.Tensor] | None:
+    """The model's full weights on rank 0 (None elsewhere); under ZeRO-3 every rank takes part in the gather."""
+    module = engine.module.model
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if rank == 0 else None
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if rank == 0 else None
+
+
+def memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS; Linux reports KiB
+
+
+def read_all(shard) -> dict[str, Any]:
+    """A whole (small) dataset shard as one numpy batch."""
+    import numpy as np
+
+    parts = list(shard.iter_batches(batch_size=None, batch_format="numpy"))
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+# --- the worker loop -----------------------------------------------------------------------------------------------
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    import deepspeed
+    import ray.train
+    from ray.air.integrations.mlflow import setup_mlflow
+    from ray.train import Checkpoint
+
+    cfg = Config.model_validate(config["cfg"])
+    task: TrainTask = config["task"]
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    micro_batch = tc.batch_size // world
+    seed = cfg.run.seed
+
+    model, loss_fn = task.build(cfg, seed)
+    module = TrainModule(model, loss_fn)
+    lifted = lift_scalar_parameters(module)
+    if tc.zero_stage == 3:
+        register_zero3_external_parameters(module)
+    optimizer = torch.optim.AdamW(task.trainable_parameters(model, loss_fn), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.steps, tc.warmup_steps))
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg, micro_batch))
+
+    state = {"step": 0, "epoch": 0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            _, client_state = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
+            state = {"step": client_state["step"], "epoch": client_state["epoch"]}
+        log.info("rank %d resumed from step %d", rank, state["step"])
+
+    mlflow = None
+    if rank == 0:
+        import mlflow as mlflow_module
+
+        mlflow_module.set_tracking_uri(config["tracking_uri"])
+        mlflow_module.set_experiment(cfg.run.mlflow_experiment)
+        mlflow_module.start_run(run_id=config["mlflow_run_id"])  # the driver's run: setup_mlflow adopts it
+    mlflow = setup_mlflow(tracking_uri=config["tracking_uri"], experiment_name=cfg.run.mlflow_experiment,
+                          create_experiment_if_not_exists=True, rank_zero_only=True)
+
+    evaluate_here = rank == 0 or tc.zero_stage == 3  # ZeRO-3's forward gathers parameters: every rank takes part
+    val_rows = read_all(ray.train.get_dataset_shard("val")) if evaluate_here and "val" in config["datasets"] else None
+
+    def evaluate(step: int) -> dict[str, float]:
+        if not val_rows:
+            return {}
+        with torch.no_grad():
+            metrics = task.evaluate(engine.module.model, val_rows, cfg)
+        if rank == 0:
+            mlflow.log_metrics(metrics, step=step)
+        return metrics
+
+    def save_and_report(metrics: dict[str, float], final: bool) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            engine.save_checkpoint(directory, tag=DEEPSPEED_TAG, client_state=dict(state))
+            weights = full_state_dict(engine, tc.zero_stage, rank) if final else None
+            if weights is not None:
+                fresh, _ = task.build(cfg, seed)
+                for name in lifted:  # back to the family's own shapes
+                    key = name.removeprefix("model.")
+                    if key in weights:
+                        weights[key] = weights[key].reshape(())
+                fresh.load_state_dict(weights)
+                task.export(fresh, Path(directory) / MODEL_DIR, cfg)
+            ray.train.report({**metrics, "step": state["step"]}, checkpoint=Checkpoint.from_directory(directory))
+
+    metrics: dict[str, float] = {}
+    if state["step"] == 0:
+        metrics.update(evaluate(0))
+    shard = ray.train.get_dataset_shard("train")
+    while state["step"] < tc.steps:
+        batches = 0
+        tick = time.perf_counter()
+        for rows in shard.iter_batches(batch_size=micro_batch, batch_format="numpy", drop_last=True,
+                                       local_shuffle_buffer_size=tc.shuffle_buffer or None,
+                                       local_shuffle_seed=seed + state["epoch"] if tc.shuffle_buffer else None):
+            batches += 1
+            batch = task.collate(engine.module.model, rows, state["epoch"], cfg)
+            step_tick = time.perf_counter()
+            terms = task.step(engine.module.model, engine.module.loss_fn, batch, engine, cfg)
+            step_time = time.perf_counter() - step_tick
+            elapsed = time.perf_counter() - tick
+            state["step"] += 1
+            step = state["step"]
+            # samples_per_s: end to end (data, collate, step); step_time_s: the step alone (bench/train_step.py)
+            metrics = {**terms, "lr": engine.get_lr()[0], "samples_per_s": micro_batch * world / elapsed,
+                       "step_time_s": step_time,
+                       "memory_mb": memory_mb(), "epoch": float(state["epoch"])}
+            if rank == 0:
+                mlflow.log_metrics(metrics, step=step)
+            task.after_step(step, rank)
+            if step % tc.eval_every == 0 or step == tc.steps:
+                metrics.update(evaluate(step))
+            if step == tc.steps:
+                break
+            if step % tc.checkpoint_every == 0:
+                save_and_report(metrics, final=False)
+            tick = time.perf_counter()
+        if batches == 0:
+            raise ValueError(f"the train input yields no batch of {micro_batch} rows per worker (train.batch_size="
+                             f"{tc.batch_size} over {world} workers); use a smaller batch or more rows")
+        if state["step"] < tc.steps:
+            state["epoch"] += 1
+    save_and_report(metrics, final=True)
+    if rank == 0:
+        mlflow.end_run()
+
+
+# --- the driver side -----------------------------------------------------------------------------------------------
+
+def storage_path(cfg: Config) -> str:
+    """train.storage_path (a local folder or a URI such as s3://...), else <run.output_dir>/ray_results."""
+    path = cfg.train.storage_path or str(Path(cfg.run.output_dir) / "ray_results")
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def _run_state(storage: str, run_name: str) -> tuple[pafs.FileSystem, str]:
+    fs, root = pafs.FileSystem.from_uri(storage)
+    return fs, f"{root}/{run_name}/{RUN_STATE}"
+
+
+def mlflow_run_id(cfg: Config, task: TrainTask, storage: str, run_name: str) -> str:
+    """The MLflow run of `run_name`: the one recorded in storage by an earlier submission, else a new one (params =
+    the resolved config) that is recorded there."""
+    from maple.tracking import mlflow_run
+
+    fs, path = _run_state(storage, run_name)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())["mlflow_run_id"]
+    with mlflow_run(cfg, task.name, run_name=run_name) as run:
+        run_id = run.info.run_id
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps({"mlflow_run_id": run_id, "run_name": run_name}).encode())
+    return run_id
+
+
+def run_training(cfg: Config, task: TrainTask, datasets: dict[str, Any], run_name: str,
+                 register: bool = True) -> TrainResult:
+    """Train `task` on `datasets` ("train" required, "val" optional: Ray Data datasets) under Ray Train; export and
+    register the final model. Re-running with the same `run_name` (and storage) resumes where it stopped."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from maple.tracking import mlflow_run, tracking_uri
+
+    check_config(cfg)
+    if "train" not in datasets:
+        raise ValueError(f"run_training needs a 'train' dataset; got {sorted(datasets)}")
+    task.check(cfg, {name: ds.schema().base_schema for name, ds in datasets.items()})
+    storage = storage_path(cfg)
+    run_id = mlflow_run_id(cfg, task, storage, run_name)
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "task": task, "mlflow_run_id": run_id,
+                           "tracking_uri": tracking_uri(cfg), "datasets": sorted(datasets)},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.num_to_keep)),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    out = Path(cfg.train.output or Path(cfg.run.output_dir) / "models" / run_name)
+    with result.checkpoint.as_directory() as directory:
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(Path(directory) / MODEL_DIR, out)
+    registry_uri = None
+    if register:
+        with mlflow_run(cfg, task.name, run_name=run_name, run_id=run_id):
+            registry_uri = task.register(out, cfg.train.register_name or f"{cfg.run.name}-embedder")
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    return TrainResult(str(out), run_id, registry_uri, metrics, result.checkpoint.path)

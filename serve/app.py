@@ -1,0 +1,263 @@
+"""The maple server: a Ray Serve application of four deployments behind one HTTP API.
+
+    Api (FastAPI ingress) ──► Embedder  (@serve.batch: texts and images of many requests in one forward pass)
+                          ├─► Reranker  (@serve.batch)
+                          └─► Search    (ANN index over a corpus, built by jobs/index.py)
+
+Routes (docs/serving.md): POST /v1/embeddings (OpenAI), POST /v1/rerank (Cohere/Jina), POST /v1/search,
+GET /v1/models, GET /health. The logic the routes call (schemas, limits, auth, model loading) is in `maple.serving`;
+this file only places it in deployments and composes them through handles.
+
+Run: `serve run serve/config.yaml` (or `serve deploy` to a cluster), `python -m serve.app --config recipe.yaml
+serve.embedder=models:/maple/1` (`maple serve`), or in Python `serve.run(build_app({...}))`.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route annotations after Serve pickles the class, where
+# string annotations no longer resolve (bodies then parse as query parameters).
+import asyncio
+import os
+import sys
+
+import numpy as np
+from fastapi import FastAPI
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from maple.serving.api import (Embedding, EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList, RerankRequest,
+                               RerankResponse, RerankResult, RerankUsage, SearchHit, SearchRequest, SearchResponse,
+                               Usage, encode_embedding, truncate_dimensions)
+from maple.serving.config import ServeConfig
+from maple.serving.errors import ApiError
+from maple.serving.http import GuardSettings, RequestGuard, install_error_handlers
+from maple.serving.inputs import Content, Limits, key_digest, parse_input, parse_inputs, to_content
+
+app = FastAPI(title="maple", summary="Image-text embeddings, reranking and search")
+install_error_handlers(app)
+
+
+def _guard_settings() -> GuardSettings:
+    # The middleware is built inside the ingress replica; its settings come from that replica's constructor.
+    return serve.get_replica_context().servable_object.guard
+
+
+app.add_middleware(RequestGuard, settings=_guard_settings)
+
+
+def _total_inputs(chunks: list[list[Content]]) -> int:
+    return sum(len(chunk) for chunk in chunks)
+
+
+@serve.deployment(max_ongoing_requests=64)
+class Embedder:
+    """The embedding model; concurrent calls are batched by input count, up to `max_batch_size` inputs."""
+
+    def __init__(self, spec: str | None, device: str | None, tracking_uri: str | None, max_batch_size: int,
+                 batch_wait_timeout_s: float):
+        from maple.serving.models import load_served_embedder  # torch loads only in model replicas
+
+        self.model, self.card = load_served_embedder(spec, device, tracking_uri)
+        self.embed.set_max_batch_size(max_batch_size)
+        self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.batches = self.batched_inputs = 0
+
+    def model_card(self) -> ModelCard:
+        return self.card
+
+    def batch_stats(self) -> dict:
+        """Forward passes run and inputs embedded since start: their ratio is the mean batch size."""
+        return {"batches": self.batches, "inputs": self.batched_inputs}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_total_inputs)
+    async def embed(self, chunks: list[list[Content]]) -> list[tuple[np.ndarray, list[int]]]:
+        """Each call passes one chunk of a request's inputs (at most max_batch_size, cut by the Api)."""
+        from maple.serving.models import embed_contents
+
+        flat = [item for chunk in chunks for item in chunk]
+        self.batches, self.batched_inputs = self.batches + 1, self.batched_inputs + len(flat)
+        # In a thread: the replica keeps queueing the next batch while this one runs.
+        vectors, tokens = await asyncio.to_thread(embed_contents, self.model, flat)
+        out, start = [], 0
+        for chunk in chunks:
+            out.append((vectors[start:start + len(chunk)], tokens[start:start + len(chunk)]))
+            start += len(chunk)
+        return out
+
+
+@serve.deployment(max_ongoing_requests=32)
+class Reranker:
+    """The reranker (`maple.rerank.model`): `score(query, candidates)` for each batched (query, candidates)."""
+
+    def __init__(self, spec: str | None, device: str | None, tracking_uri: str | None, max_batch_size: int,
+                 batch_wait_timeout_s: float):
+        from maple.serving.models import load_served_reranker
+
+        self.model, self.card = load_served_reranker(spec, device, tracking_uri)
+        self.rerank.set_max_batch_size(max_batch_size)
+        self.rerank.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def model_card(self) -> ModelCard:
+        return self.card
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def rerank(self, requests: list[tuple[Content, list[Content]]]) -> list[list[float]]:
+        return await asyncio.to_thread(lambda: [self.model.score(query, docs) for query, docs in requests])
+
+
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
+class Search:
+    """The corpus index of jobs/index.py: ids, cosine scores, payloads (and content to rerank)."""
+
+    def __init__(self, path: str | None):
+        from maple.serving.search_index import SearchIndex
+
+        self.index = SearchIndex.load(path) if path else None
+
+    def info(self) -> dict | None:
+        return None if self.index is None else dict(self.index.manifest, size=self.index.size)
+
+    async def search(self, query: np.ndarray, k: int, with_content: bool) -> list[dict]:
+        from maple.data.images import decode_image
+
+        hits = await asyncio.to_thread(self.index.search, query, k, with_content)
+        for hit in hits:
+            if isinstance(hit.get("content"), bytes):
+                hit["content"] = decode_image(hit["content"])
+        return hits
+
+
+@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+@serve.ingress(app)
+class Api:
+    """The HTTP ingress: checks requests (maple.serving.inputs), then composes the deployments."""
+
+    async def __init__(self, embedder: DeploymentHandle, reranker: DeploymentHandle, search: DeploymentHandle,
+                       config: dict, api_key_digest: str | None):
+        self.cfg = ServeConfig.model_validate(config)
+        self.limits = Limits.from_config(self.cfg)
+        self.guard = GuardSettings(self.cfg.max_body_bytes, api_key_digest)
+        self.embedder, self.reranker, self.search_index = embedder, reranker, search
+        self.embedder_card, self.reranker_card, self.index_info = await asyncio.gather(
+            embedder.model_card.remote(), reranker.model_card.remote(), search.info.remote())
+        if self.index_info and self.index_info["dim"] != self.embedder_card.dimensions:
+            raise ValueError(f"index {self.cfg.index} holds {self.index_info['dim']}-d vectors of "
+                             f"{self.index_info.get('embedder')!r} but the served embedder "
+                             f"{self.embedder_card.source!r} gives {self.embedder_card.dimensions}-d: rebuild the "
+                             "index with this embedder (python -m jobs.index serve.embedder=...)")
+
+    # --- helpers -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_model(requested: str | None, card: ModelCard) -> None:
+        if requested is not None and requested not in (card.id, f"{card.id}:{card.version}"):
+            raise ApiError(404, f"model {requested!r} is not served here; this server runs {card.id!r} "
+                                f"(version {card.version}); see GET /v1/models", "model_not_found", "model")
+
+    async def _embed(self, contents: list[Content]) -> tuple[np.ndarray, list[int]]:
+        size = self.cfg.max_batch_size
+        parts = await asyncio.gather(*(self.embedder.embed.remote(contents[i:i + size])
+                                       for i in range(0, len(contents), size)))
+        return np.concatenate([p[0] for p in parts]), [n for p in parts for n in p[1]]
+
+    # --- routes --------------------------------------------------------------------------------------------------
+    @app.get("/health")
+    def health(self) -> dict:
+        return {"status": "ok", "embedder": self.embedder_card.id, "reranker": self.reranker_card.id,
+                "index_size": self.index_info["size"] if self.index_info else 0}
+
+    @app.get("/v1/models")
+    def models(self) -> ModelList:
+        return ModelList(data=[self.embedder_card, self.reranker_card])
+
+    @app.post("/v1/embeddings")
+    async def embeddings(self, body: EmbeddingRequest) -> EmbeddingResponse:
+        self._check_model(body.model, self.embedder_card)
+        if body.dimensions is not None and body.dimensions > (self.embedder_card.dimensions or 0):
+            raise ApiError(422, f"dimensions={body.dimensions} exceeds the model's embedding size "
+                                f"{self.embedder_card.dimensions}", "invalid_dimensions", "dimensions")
+        contents = await to_content(parse_inputs(body.input, self.limits, "input"), self.limits)
+        vectors, tokens = await self._embed(contents)
+        vectors = truncate_dimensions(vectors, body.dimensions)
+        return EmbeddingResponse(
+            data=[Embedding(index=i, embedding=encode_embedding(v, body.encoding_format))
+                  for i, v in enumerate(vectors)],
+            model=self.embedder_card.id, model_version=self.embedder_card.version,
+            usage=Usage(prompt_tokens=sum(tokens), total_tokens=sum(tokens)))
+
+    @app.post("/v1/rerank")
+    async def rerank(self, body: RerankRequest) -> RerankResponse:
+        self._check_model(body.model, self.reranker_card)
+        query = parse_input(body.query, self.limits, "query")
+        documents = parse_inputs(body.documents, self.limits, "documents")
+        query_content, *doc_contents = await to_content([query, *documents], self.limits)
+        scores = await self.reranker.rerank.remote((query_content, doc_contents))
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])[:body.top_n]
+        results = [RerankResult(index=i, relevance_score=scores[i],
+                                document={documents[i].kind: documents[i].value} if body.return_documents else None)
+                   for i in order]
+        return RerankResponse(model=self.reranker_card.id, model_version=self.reranker_card.version, results=results,
+                              usage=RerankUsage(documents=len(documents)))
+
+    @app.post("/v1/search")
+    async def search(self, body: SearchRequest) -> SearchResponse:
+        self._check_model(body.model, self.embedder_card)
+        if not self.index_info:
+            raise ApiError(503, "no index is served: build one with `python -m jobs.index` and set the "
+                                "application's `index` argument", "no_index")
+        if body.top_k > self.cfg.max_top_k:
+            raise ApiError(422, f"top_k={body.top_k} exceeds the limit {self.cfg.max_top_k} (serve.max_top_k)",
+                           "top_k_too_large", "top_k")
+        query = parse_input(body.query, self.limits, "query")
+        (query_content,) = await to_content([query], self.limits)
+        vectors, _ = await self._embed([query_content])
+        depth = max(body.top_k, self.cfg.rerank_depth) if body.rerank else body.top_k
+        hits = await self.search_index.search.remote(vectors[0], depth, body.rerank)
+        if body.rerank and hits:
+            scores = await self.reranker.rerank.remote((query_content, [h.pop("content") for h in hits]))
+            for hit, score in zip(hits, scores):
+                hit["rerank_score"] = score
+            hits.sort(key=lambda h: -h["rerank_score"])
+        return SearchResponse(data=[SearchHit(**h) for h in hits[:body.top_k]], model=self.embedder_card.id,
+                              model_version=self.embedder_card.version,
+                              reranker=f"{self.reranker_card.id}:{self.reranker_card.version}" if body.rerank
+                              else None, index_size=self.index_info["size"])
+
+
+def build_app(args: dict | None = None) -> Application:
+    """The application builder named in serve/config.yaml (`import_path: serve.app:build_app`).
+
+    args: ServeConfig keys (embedder, reranker, index, limits, batching); an unknown key is an error. The bearer
+    key is read from MAPLE_API_KEY where the application is built; only its SHA-256 reaches the replicas.
+    """
+    try:
+        cfg = ServeConfig.model_validate(dict(args or {}))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"serve.app:build_app args (the application's `args:` in the Serve config): {problems}; "
+                         f"known keys: {sorted(ServeConfig.model_fields)}") from None
+    embedder = Embedder.bind(cfg.embedder, cfg.device, cfg.mlflow_tracking_uri, cfg.max_batch_size,
+                             cfg.batch_wait_timeout_s)
+    reranker = Reranker.bind(cfg.reranker, cfg.device, cfg.mlflow_tracking_uri, cfg.rerank_max_batch_size,
+                             cfg.batch_wait_timeout_s)
+    return Api.bind(embedder, reranker, Search.bind(cfg.index), cfg.model_dump(),
+                    key_digest(os.environ.get("MAPLE_API_KEY")))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`maple serve --config recipe.yaml serve.embedder=...`: the application on this machine's Ray, blocking."""
+    from jobs.common import init_ray, parse_config
+
+    cfg = parse_config(argv, "Serve embeddings, reranking and search over HTTP (Ray Serve).")
+    init_ray(cfg)
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(build_app(cfg.serve.model_dump()), name="maple", route_prefix="/")
+    print(f"maple is serving on http://{cfg.serve.host}:{cfg.serve.port} (docs/serving.md); Ctrl-C stops it",
+          flush=True)
+    try:
+        asyncio.run(asyncio.Event().wait())
+    except KeyboardInterrupt:
+        serve.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

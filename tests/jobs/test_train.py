@@ -1,0 +1,102 @@
+"""jobs.train: bad configs fail at start (before Ray), and the job runs through `ray job submit` against a local
+`ray start --head` (ZeRO-2, 2 workers), training the tiny CLIP twin on the synthetic world."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from jobs import train
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _bad(capsys, *overrides: str, world=None) -> str:
+    argv = list(overrides)
+    if world is not None:
+        argv += [f"train.input={world / 'train'}", f"train.val_input={world / 'val'}"]
+    with pytest.raises(SystemExit) as exc:
+        train.main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_unknown_loss_fails_at_start(capsys):
+    assert "train.loss.rpa" in _bad(capsys, "train.loss.rpa=triplet")
+
+
+def test_zero_stage_4_fails_at_start(capsys, small_world):
+    assert "train.zero_stage=4" in _bad(capsys, "train.zero_stage=4", world=small_world[0])
+
+
+def test_rpa_on_pairs_without_judged_columns_fails_at_start(capsys, small_world):
+    err = _bad(capsys, "train.loss.rpa=pairwise", world=small_world[0])
+    assert "positive_score" in err and "train.loss.rpa=pairwise" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A dedicated `ray start --head --block` (own temp dir and ports), stopped by its process id: SIGTERM makes it
+    kill every process it started. Other Ray clusters on this machine are left alone."""
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
+    dashboard = _free_port()
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={_free_port()}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--num-cpus=4",
+         "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.monotonic() + 240
+    while True:  # readiness: the job server answers
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=5)
+            break
+        except OSError:
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start --head did not come up (temp dir {temp_dir})") from None
+            time.sleep(1)
+    yield address
+    head.send_signal(signal.SIGTERM)
+    head.wait(timeout=120)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_ray_job_submit_trains_exports_and_registers(ray_head, small_world, mlflow_uri, tmp_path):
+    world = small_world[0]
+    env = {"PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_uri, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    entrypoint = (f"cd {REPO} && {sys.executable} -m jobs.train run.name=submitted run.output_dir={tmp_path} "
+                  f"train.input={world / 'train'} train.val_input={world / 'val'} train.zero_stage=2 "
+                  f"train.num_workers=2 train.steps=6 train.batch_size=16 train.checkpoint_every=3 train.eval_every=6 "
+                  f"train.lr=2e-3 train.warmup_steps=0 train.register_name=submitted-embedder")
+    done = subprocess.run([RAY, "job", "submit", f"--address={ray_head}",
+                           f"--runtime-env-json={json.dumps({'env_vars': env})}", "--", entrypoint],
+                          capture_output=True, text=True, timeout=1200, env={**os.environ, "RAY_ADDRESS": ""})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(next(line for line in done.stdout.splitlines()[::-1] if line.startswith("{\"model_dir\"")))
+    assert (Path(summary["model_dir"]) / "maple_embedder.json").exists()
+    assert summary["registry_uri"].startswith("models:/submitted-embedder/")
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    loss = {m.step: m.value for m in client.get_metric_history(summary["mlflow_run_id"], "loss")}
+    recall = {m.step: m.value for m in client.get_metric_history(summary["mlflow_run_id"], "val_mean_r_at_1")}
+    assert loss[6] < loss[1]
+    assert recall[6] > recall[0]

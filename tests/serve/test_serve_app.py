@@ -1,0 +1,260 @@
+"""The Serve application end to end on 127.0.0.1: the embedder from the MLflow registry, the reranker from a
+checkpoint directory, the index from jobs/index.py, bearer auth on. Every answer is compared with the same model
+run directly in the test process."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import requests
+from openai import OpenAI
+from PIL import Image
+
+from maple.data.images import decode_image, encode_image
+from maple.models.embedder import load_embedder
+from maple.rerank.model import load_reranker
+
+from conftest import REGISTERED_NAME
+
+KEY = "test-key"
+LIMITS = dict(max_inputs=8, max_text_chars=200, max_image_pixels=128 * 128, max_body_bytes=200_000, max_top_k=20,
+              rerank_depth=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, registered_embedder, reranker_dir, built_index, mlflow_uri):
+    from ray import serve
+
+    from serve.app import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    previous = os.environ.get("MAPLE_API_KEY")
+    os.environ["MAPLE_API_KEY"] = KEY  # read where the application is built
+    try:
+        app = build_app(dict(LIMITS, embedder=registered_embedder, reranker=str(reranker_dir),
+                             index=built_index["path"], mlflow_tracking_uri=mlflow_uri))
+    finally:
+        os.environ.pop("MAPLE_API_KEY") if previous is None else os.environ.update(MAPLE_API_KEY=previous)
+    serve.run(app, name="maple", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def embedder(embedder_dir):
+    return load_embedder(embedder_dir)
+
+
+@pytest.fixture(scope="module")
+def reranker(reranker_dir):
+    return load_reranker(str(reranker_dir))
+
+
+@pytest.fixture(scope="module")
+def client(server) -> OpenAI:
+    return OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+
+
+def post(server: str, path: str, body=None, key: str | None = KEY, **kwargs) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return requests.post(f"{server}{path}", json=body, headers=headers, timeout=60, **kwargs)
+
+
+def data_url(image: Image.Image) -> str:
+    return "data:image/png;base64," + base64.b64encode(encode_image(image)).decode()
+
+
+def corpus_images(corpus, n: int) -> list[tuple[str, bytes]]:
+    rows = pq.read_table(sorted(corpus.glob("*.parquet"))[0], columns=["id", "image"]).to_pylist()[:n]
+    return [(r["id"], r["image"]) for r in rows]
+
+
+TEXTS = ["a small red circle", "a large blue square left of a small green triangle"]
+
+
+# --- embeddings -------------------------------------------------------------------------------------------------
+
+
+def test_openai_client_text_embeddings_equal_the_registered_model(client, embedder):
+    response = client.embeddings.create(model=REGISTERED_NAME, input=TEXTS)  # the client asks for base64
+    got = np.array([d.embedding for d in response.data])
+    np.testing.assert_allclose(got, embedder.encode_texts(TEXTS).numpy(), atol=1e-5)
+    assert response.model == REGISTERED_NAME and response.usage.prompt_tokens > 0
+
+
+def test_float_encoding_gives_the_same_vectors(client, embedder):
+    response = client.embeddings.create(model=REGISTERED_NAME, input=TEXTS[0], encoding_format="float")
+    np.testing.assert_allclose(response.data[0].embedding, embedder.encode_texts(TEXTS[:1]).numpy()[0], atol=1e-5)
+
+
+def test_openai_client_image_embeddings_equal_the_registered_model(client, embedder, corpus):
+    (_, png), = corpus_images(corpus, 1)
+    image = decode_image(png)
+    response = client.embeddings.create(model=REGISTERED_NAME, input=[{"image": data_url(image)}, TEXTS[0]])
+    np.testing.assert_allclose(response.data[0].embedding, embedder.encode_images([image]).numpy()[0], atol=1e-5)
+    np.testing.assert_allclose(response.data[1].embedding, embedder.encode_texts(TEXTS[:1]).numpy()[0], atol=1e-5)
+
+
+def test_dimensions_truncate_and_renormalise(client, embedder):
+    response = client.embeddings.create(model=REGISTERED_NAME, input=TEXTS[0], dimensions=16)
+    full = embedder.encode_texts(TEXTS[:1]).numpy()[0, :16].astype(np.float64)
+    np.testing.assert_allclose(response.data[0].embedding, full / np.linalg.norm(full), atol=1e-5)
+
+
+def test_models_lists_the_registered_embedder_and_the_reranker_with_versions(server):
+    models = requests.get(f"{server}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
+    cards = {m["kind"]: m for m in models["data"]}
+    assert (cards["embedding"]["id"], cards["embedding"]["version"]) == (REGISTERED_NAME, "1")
+    assert (cards["rerank"]["id"], cards["rerank"]["version"]) == ("tiny-cross-encoder", "local")
+
+
+# --- rerank -------------------------------------------------------------------------------------------------------
+
+
+def test_rerank_orders_documents_by_the_rerankers_scores(server, reranker):
+    documents = ["a small red circle", "a large yellow diamond", "a small red circle above a blue square"]
+    body = post(server, "/v1/rerank", {"query": "a red circle", "documents": documents, "top_n": 2}).json()
+    expected = reranker.score("a red circle", documents)
+    order = sorted(range(3), key=lambda i: -expected[i])[:2]
+    assert [r["index"] for r in body["results"]] == order
+    np.testing.assert_allclose([r["relevance_score"] for r in body["results"]], [expected[i] for i in order],
+                               atol=1e-4)
+    assert body["results"][0]["document"] == {"text": documents[order[0]]}
+    assert (body["model"], body["model_version"]) == ("tiny-cross-encoder", "local")
+
+
+def test_rerank_takes_image_documents(server, reranker, corpus):
+    images = [decode_image(png) for _, png in corpus_images(corpus, 2)]
+    body = post(server, "/v1/rerank", {"query": "a red circle", "documents": [{"image": data_url(i)} for i in images],
+                                       "return_documents": False}).json()
+    scores = {r["index"]: r["relevance_score"] for r in body["results"]}
+    np.testing.assert_allclose([scores[0], scores[1]], reranker.score("a red circle", images), atol=1e-4)
+    assert all("document" not in r or r["document"] is None for r in body["results"])
+
+
+# --- search -------------------------------------------------------------------------------------------------------
+
+
+def test_search_by_a_corpus_image_finds_it_first_with_cosine_one(server, corpus):
+    (row_id, png), = corpus_images(corpus, 1)
+    body = post(server, "/v1/search", {"query": {"image": data_url(decode_image(png))}, "top_k": 5}).json()
+    assert body["data"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert row_id in [h["id"] for h in body["data"] if h["score"] > 1 - 1e-4]
+    assert body["index_size"] == 48 and body["reranker"] is None
+    assert "captions" in body["data"][0]["payload"]
+
+
+def test_search_scores_are_the_brute_force_top_k(server, embedder, corpus):
+    rows = [r for p in sorted(corpus.glob("*.parquet")) for r in pq.read_table(p, columns=["id", "image"]).to_pylist()
+            if r["id"] != "broken-0"]
+    vectors = embedder.encode_images([decode_image(r["image"]) for r in rows]).numpy().astype(np.float64)
+    query = embedder.encode_texts([TEXTS[1]]).numpy()[0].astype(np.float64)
+    expected = sorted(vectors @ query, reverse=True)[:5]
+    body = post(server, "/v1/search", {"query": TEXTS[1], "top_k": 5}).json()
+    np.testing.assert_allclose([h["score"] for h in body["data"]], expected, atol=1e-4)
+
+
+def test_search_with_rerank_orders_the_retrieved_candidates_by_the_reranker(server, reranker, corpus):
+    body = post(server, "/v1/search", {"query": TEXTS[0], "top_k": 3, "rerank": True}).json()
+    plain = post(server, "/v1/search", {"query": TEXTS[0], "top_k": LIMITS["rerank_depth"]}).json()
+    rows = {r["id"]: r["image"] for p in sorted(corpus.glob("*.parquet"))
+            for r in pq.read_table(p, columns=["id", "image"]).to_pylist()}
+    depth_ids = [h["id"] for h in plain["data"]]
+    expected = reranker.score(TEXTS[0], [decode_image(rows[i]) for i in depth_ids])
+    best = sorted(range(len(depth_ids)), key=lambda i: -expected[i])[:3]
+    assert [h["id"] for h in body["data"]] == [depth_ids[i] for i in best]
+    np.testing.assert_allclose([h["rerank_score"] for h in body["data"]], [expected[i] for i in best], atol=1e-4)
+    assert body["reranker"] == "tiny-cross-encoder:local"
+
+
+# --- errors -------------------------------------------------------------------------------------------------------
+
+PNG_200 = data_url(Image.new("RGB", (200, 200)))  # 40 000 pixels > 128 × 128
+ERRORS = [
+    ("/v1/embeddings", {"input": ["x"] * 9}, 413, "too_many_inputs"),
+    ("/v1/embeddings", {"input": "x" * 201}, 413, "text_too_long"),
+    ("/v1/embeddings", {"input": [{"image": PNG_200}]}, 413, "image_too_large"),
+    ("/v1/embeddings", {"input": [{"image": "bm90IGFuIGltYWdl"}]}, 422, "invalid_image"),
+    ("/v1/embeddings", {"input": [{"image": "%%%not base64"}]}, 422, "invalid_image"),
+    ("/v1/embeddings", {"input": [{"image": "https://example.com/a.png"}]}, 422, "image_urls_disabled"),
+    ("/v1/embeddings", {"input": [[1, 2, 3]]}, 422, "invalid_input"),
+    ("/v1/embeddings", {"input": []}, 422, "invalid_input"),
+    ("/v1/embeddings", {"model": "gpt-4", "input": "x"}, 404, "model_not_found"),
+    ("/v1/embeddings", {"input": "x", "dimensions": 65}, 422, "invalid_dimensions"),
+    ("/v1/embeddings", {"input": "x", "encoding_format": "hex"}, 422, "invalid_request"),
+    ("/v1/embeddings", {"inputs": "x"}, 422, "invalid_request"),
+    ("/v1/rerank", {"query": "x", "documents": ["d"] * 9}, 413, "too_many_inputs"),
+    ("/v1/rerank", {"query": {"image": "@@"}, "documents": ["d"]}, 422, "invalid_image"),
+    ("/v1/rerank", {"query": "x", "documents": "d"}, 422, "invalid_request"),
+    ("/v1/search", {"query": "x", "top_k": 21}, 422, "top_k_too_large"),
+    ("/v1/search", {"query": "x", "top_k": 0}, 422, "invalid_request"),
+    ("/v1/search", {"query": 5}, 422, "invalid_input"),
+]
+
+
+@pytest.mark.parametrize("path,body,status,code", ERRORS, ids=[f"{e[0]}-{e[3]}-{i}" for i, e in enumerate(ERRORS)])
+def test_bad_requests_get_4xx_with_an_error_body(server, path, body, status, code):
+    response = post(server, path, body)
+    error = response.json()["error"]
+    assert (response.status_code, error["code"]) == (status, code)
+    assert error["message"] and error["type"]
+
+
+def test_a_body_over_the_limit_is_413(server):
+    response = post(server, "/v1/embeddings", {"input": "x" * 250_000})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+
+
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_requests_without_the_key_are_401(server, key):
+    response = post(server, "/v1/embeddings", {"input": "x"}, key=key)
+    assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
+
+
+def test_health_answers_without_a_key(server):
+    assert requests.get(f"{server}/health", timeout=30).json()["status"] == "ok"
+
+
+def test_unknown_routes_are_404_with_an_error_body(server):
+    assert post(server, "/v1/chat/completions", {}).json()["error"]["code"] == "not_found"
+
+
+def test_valid_requests_succeed_under_load_mixed_with_invalid_ones(server, embedder):
+    texts = [f"a small {c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "diamond")]
+    reference = embedder.encode_texts(texts).numpy()
+    invalid = [body for path, body, _, _ in ERRORS if path == "/v1/embeddings"]
+
+    def call(i: int):
+        if i % 2:
+            return None, post(server, "/v1/embeddings", invalid[i // 2 % len(invalid)])
+        return i // 2, post(server, "/v1/embeddings", {"model": REGISTERED_NAME, "input": texts[i // 2]})
+
+    from ray import serve
+
+    stats = serve.get_deployment_handle("Embedder", app_name="maple").batch_stats
+    before = stats.remote().result()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, range(2 * len(texts))))
+    after = stats.remote().result()
+    # Concurrent one-text requests shared forward passes: fewer batches than inputs.
+    assert after["inputs"] - before["inputs"] == len(texts)
+    assert after["batches"] - before["batches"] < len(texts)
+    for which, response in results:
+        if which is None:
+            assert 400 <= response.status_code < 500
+        else:
+            assert response.status_code == 200
+            np.testing.assert_allclose(response.json()["data"][0]["embedding"], reference[which], atol=1e-5)

@@ -1,0 +1,70 @@
+"""The step under a DeepSpeed engine (one process, gloo) equals the plain torch step; config checks of the loop."""
+
+from __future__ import annotations
+
+import copy
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from conftest import numpy_rows
+from maple.config import Config, load_config
+from maple.losses import MapleLoss
+from maple.models.config import ModelConfig
+from maple.models.embedder import build_embedder
+from maple.train.config import LossConfig
+from maple.train.data import collate_judged
+from maple.train.loop import TrainModule, check_config, deepspeed_config, lift_scalar_parameters
+from maple.train.step import train_step
+from maple.train.tasks import select_trainable
+
+
+@pytest.fixture
+def single_process_group(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)  # what a launcher (or Ray Train) sets; DeepSpeed reads LOCAL_RANK
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_zero2_gradcache_step_updates_weights_like_the_plain_torch_step(single_process_group, world_judged):
+    import deepspeed
+
+    loss_cfg = LossConfig(rpa="listwise", kl_weight=0.5, hard_negatives=True)
+    model = build_embedder(ModelConfig(), seed=0)
+    select_trainable(model, "all")
+    reference = TrainModule(copy.deepcopy(model), MapleLoss(loss_cfg))
+    module = TrainModule(model, MapleLoss(loss_cfg))
+    lift_scalar_parameters(module)
+    rows = numpy_rows(world_judged.slice(0, 8))
+    ref_opt = torch.optim.SGD([p for p in reference.parameters() if p.requires_grad], lr=0.5)
+    train_step(reference.model, reference.loss_fn, collate_judged(reference.model, rows), ref_opt)
+
+    cfg = load_config(None, ["train.zero_stage=2", "train.max_grad_norm=0"])
+    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.5)
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(cfg, 8))
+    train_step(engine.module.model, engine.module.loss_fn, collate_judged(engine.module.model, rows), engine,
+               gradcache_chunk=3)
+    for (name, a), (_, b) in zip(engine.module.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(a.detach().reshape(b.shape), b.detach(), rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.zero_stage=4", "train.zero_stage=4"),
+    ("train.batch_size=15", "multiple of train.num_workers"),
+])
+def test_check_config_refuses_what_cannot_run(override, message):
+    with pytest.raises(ValueError, match=message):
+        check_config(load_config(None, [override]))
+
+
+def test_check_config_refuses_gradcache_with_zero3():
+    with pytest.raises(ValueError, match="zero_stage=3"):
+        check_config(Config.model_validate({"train": {"zero_stage": 3, "gradcache_chunk": 4}}))
