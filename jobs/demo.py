@@ -206,7 +206,7 @@ def rerank_metrics(cfg: Config, embedders: dict[str, str], reranker: str) -> dic
 
 
 def serve_model(cfg: Config, embedder: str, reranker: str | None) -> None:
-    from jobs.serve import serve_blocking
+    from serve.app import serve_blocking
 
     serve_blocking(cfg.with_overrides(f"serve.embedder={embedder}",
                                       f"serve.reranker={reranker if reranker else 'null'}"))

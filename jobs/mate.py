@@ -129,7 +129,8 @@ def llm_targets(cfg: Config, long_texts: Path, init_dir: str) -> Path:
 
 
 def train_mate(cfg: Config, targets: Path, init_dir: str, parent_run_id: str) -> str:
-    """Stages 1a, 1b and 2 in order, each from the previous stage's export; returns the final model directory."""
+    """Stages 1a, 1b and 2 in order, each from the previous stage's export (a stage of 0 steps is skipped);
+    returns the final model directory."""
     import ray.data
 
     from maple.models.mate_task import MateTask
@@ -139,6 +140,8 @@ def train_mate(cfg: Config, targets: Path, init_dir: str, parent_run_id: str) ->
     current = init_dir
     for stage, steps in (("captions", mate.stage1_caption_steps), ("documents", mate.stage1_document_steps),
                          ("images", mate.stage2_steps)):
+        if steps == 0:  # a stage set to 0 steps is skipped (an ablation, or a VLM already aligned)
+            continue
         data = train.limit(mate.stage2_pairs) if stage == "images" and mate.stage2_pairs else train
         current = train_stage(cfg, MateTask(stage, current), {"train": data, "val": val},
                               f"{cfg.run.name}-{stage}", steps, parent_run_id, register=stage == "images")

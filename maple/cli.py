@@ -11,6 +11,10 @@ import sys
 COMMANDS = {
     "data synth": ("jobs.synth", "write the synthetic world as Parquet shards"),
     "eval": ("jobs.evaluate", "evaluate an embedder: recall@K, compositional accuracy, modality gap"),
+    "mine": ("jobs.mine", "embed, retrieve, judge and mine hard negatives, soft labels and rankings"),
+    "train": ("jobs.train", "train an embedder: Ray Train + DeepSpeed, InfoNCE + RPA + soft-label alignment"),
+    "index": ("jobs.index", "build the search index that /v1/search answers from"),
+    "serve": ("serve.app", "serve embeddings, rerank and search over HTTP (Ray Serve)"),
     "demo": ("jobs.demo", "the whole pipeline on the synthetic world on an embedded local Ray"),
 }
 

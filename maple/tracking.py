@@ -17,6 +17,23 @@ import mlflow
 from maple.config import Config
 
 
+def ensure_experiment(cfg: Config) -> str:
+    """Select the experiment, creating it with its artifacts beside a SQLite database (not in the working
+    directory, which MLflow would otherwise choose); returns its id."""
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    name = cfg.run.mlflow_experiment
+    if mlflow.get_experiment_by_name(name) is None:
+        uri = tracking_uri(cfg)
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+            pass
+    return mlflow.set_experiment(name).experiment_id
+
+
 def tracking_uri(cfg: Config) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.run.mlflow_tracking_uri
     prefix = "sqlite:///"
@@ -38,8 +55,7 @@ def log_config(cfg: Config) -> None:
 def mlflow_run(cfg: Config, job: str, run_name: str | None = None, nested: bool = False,
                run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """One MLflow run for one job: tagged with the job, params = resolved config."""
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    mlflow.set_experiment(cfg.run.mlflow_experiment)
+    ensure_experiment(cfg)
     with mlflow.start_run(run_id=run_id, run_name=run_name or f"{cfg.run.name}-{job}", nested=nested,
                           tags={"maple.job": job}) as run:
         if run_id is None:
@@ -74,13 +90,19 @@ def register_embedder(model_dir: str | Path, name: str) -> str:
     return f"models:/{name}/{info.registered_model_version}"
 
 
+MANIFESTS = ("maple_embedder.json", "maple_reranker.json")
+
+
 def model_dir(spec: str, cfg: Config | None = None) -> str:
-    """A local directory for a model spec: a directory as is, or an MLflow `models:/name/version` URI downloaded
-    from the registry (the `embedder` artifact inside the pyfunc)."""
+    """A local directory for a model spec: a directory as is, or an MLflow `models:/name/version` (or `runs:/`) URI
+    downloaded from the registry. A registered maple model is a pyfunc whose saved directory travels as an artifact;
+    MLflow files it under the source folder's name (`artifacts/<folder>/`), so it is found by its manifest."""
     if not spec.startswith(("models:/", "runs:/")):
         return spec
     if cfg is not None:
         mlflow.set_tracking_uri(tracking_uri(cfg))
     local = Path(mlflow.artifacts.download_artifacts(spec))
-    inner = local / "artifacts" / "embedder"
-    return str(inner if inner.exists() else local)
+    inner = sorted({p.parent for name in MANIFESTS for p in local.glob(f"artifacts/*/{name}")})
+    if len(inner) > 1:
+        raise ValueError(f"{spec}: the registered model holds several maple model folders: {inner}")
+    return str(inner[0] if inner else local)

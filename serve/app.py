@@ -249,6 +249,11 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = parse_config(argv, "Serve embeddings, reranking and search over HTTP (Ray Serve).")
     init_ray(cfg)
+    serve_blocking(cfg)
+
+
+def serve_blocking(cfg) -> None:
+    """Deploy the application on the connected Ray and block until Ctrl-C (`maple serve`, `maple demo --serve`)."""
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(build_app(cfg.serve.model_dump()), name="maple", route_prefix="/")
     print(f"maple is serving on http://{cfg.serve.host}:{cfg.serve.port} (docs/serving.md); Ctrl-C stops it",

@@ -54,7 +54,7 @@ class AnchorHead(nn.Module):
         return anchor_embedding(tokens.float(), mask, self.text_anchors, self.tau_pool)
 
     def patch_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Each patch's own relative representation, L2-normalised: (B, n, d_x) -> (B, n, K) (zero-shot segmentation)."""
+        """Each patch's own relative representation, L2-normalised: (B, n, d_x) -> (B, n, K) (for segmentation)."""
         return F.normalize(relative_representation(tokens.float(), self.image_anchors), dim=-1)
 
     @torch.no_grad()

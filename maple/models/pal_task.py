@@ -109,8 +109,8 @@ def export_aligner(head: AnchorHead, cache_dir: str | Path, out_dir: str | Path)
     aligner = AnchorAligner.from_pretrained(encoders_dir(cache_dir))
     if aligner.head.image_anchors.shape != head.image_anchors.shape:
         raise ValueError(f"trained anchors {tuple(head.image_anchors.shape)} do not match the encoders in "
-                         f"{encoders_dir(cache_dir)} ({tuple(aligner.head.image_anchors.shape)}); model.pal.num_anchors "
-                         "must equal the value the cache's encoders were saved with")
+                         f"{encoders_dir(cache_dir)} ({tuple(aligner.head.image_anchors.shape)}); "
+                         "model.pal.num_anchors must equal the value the cache's encoders were saved with")
     aligner.head.load_state_dict({k: v.detach().cpu() for k, v in head.state_dict().items()})
     aligner.save_pretrained(out_dir)
     return Path(out_dir)

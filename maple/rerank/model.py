@@ -429,12 +429,6 @@ def load_reranker(spec: str | Path, cfg: RerankerConfig | None = None) -> Rerank
     from maple.tracking import model_dir
 
     local = Path(model_dir(str(spec)))
-    if (local / "MLmodel").exists():  # a registered pyfunc: the saved directory travels as an artifact inside it
-        inner = [p for p in (local / "artifacts").glob("*") if (p / MANIFEST).exists()]
-        if len(inner) != 1:
-            raise FileNotFoundError(f"{spec}: the registered model holds no maple reranker directory "
-                                    f"(no artifacts/*/{MANIFEST}); register one with maple.rerank.registry")
-        local = inner[0]
     manifest = _read_manifest(local)
     kind = manifest.get("kind") or (cfg.kind if cfg else "generative")
     if kind not in KINDS:

@@ -24,7 +24,7 @@ from torch import nn
 from maple.config import Config
 from maple.data.images import decode_image
 from maple.losses.reranker import listwise_slots, reranker_listwise_loss, reranker_pairwise_loss
-from maple.rerank.model import MAX_LIST_SIZE, Item, Reranker, build_reranker
+from maple.rerank.model import MAX_LIST_SIZE, CrossEncoderReranker, Item, Reranker, build_reranker
 from maple.train.step import backward, optimizer_step
 from maple.train.tasks import TrainTask
 
@@ -177,6 +177,9 @@ class RerankerTask(TrainTask):
 
     def build(self, cfg: Config, seed: int) -> tuple[Reranker, RerankerLoss]:
         model = build_reranker(cfg.reranker, seed=seed)
+        if isinstance(model, CrossEncoderReranker) and not cfg.reranker.train_towers:
+            for param in model.encoder.parameters():
+                param.requires_grad = False
         return model, RerankerLoss(cfg.reranker.pairwise_weight, cfg.reranker.listwise_weight)
 
     def collate(self, model: Reranker, rows: dict[str, np.ndarray], epoch: int, cfg: Config) -> RerankerBatch:

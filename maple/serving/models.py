@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from maple.models.config import ModelConfig
-from maple.models.embedder import MANIFEST, Embedder, build_embedder, load_embedder
+from maple.models.embedder import Embedder, build_embedder, load_embedder
 from maple.serving.api import ModelCard
 from maple.serving.inputs import Content
 
@@ -62,13 +62,7 @@ def local_model_dir(spec: str, tracking_uri: str | None = None) -> str:
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
-        local = Path(model_dir(spec))
-        if not (local / MANIFEST).exists():
-            # MLflow stores a pyfunc artifact under its source folder's name (artifacts/<name>/), not its key.
-            found = sorted(local.glob(f"artifacts/*/{MANIFEST}"))
-            if len(found) == 1:
-                return str(found[0].parent)
-        return str(local)
+        return model_dir(spec)
     if not Path(spec).is_dir():
         raise FileNotFoundError(f"model {spec!r} is neither a directory nor a models:/ URI; pass a checkpoint "
                                 "directory written by save_pretrained or a registered models:/name/version")

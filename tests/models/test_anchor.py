@@ -1,4 +1,4 @@
-"""The PAL aligner: frozen encoders (no gradient, no optimizer state, unchanged), anchors train, save/load round trip."""
+"""The PAL aligner: frozen encoders (no gradient, no optimizer state, unchanged), anchors train, save/load."""
 
 import random
 

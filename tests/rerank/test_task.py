@@ -168,3 +168,13 @@ def test_reranker_settings_drive_the_shared_loop():
     cfg = reranker_train_config(_cfg(lr=0.02, steps=7, batch_size=3))
     assert (cfg.train.lr, cfg.train.steps, cfg.train.batch_size) == (0.02, 7, 3)
     assert cfg.train.output.endswith("models/reranker")
+
+
+def test_task_trains_only_the_cross_layers_and_head_unless_train_towers():
+    from maple.rerank.task import RerankerTask
+
+    frozen, loss_fn = RerankerTask().build(_cfg(), seed=0)
+    names = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    assert names and not any(n.startswith("encoder.") for n in names) and "head.weight" in names
+    tuned, _ = RerankerTask().build(_cfg(train_towers=True), seed=0)
+    assert all(p.requires_grad for p in tuned.parameters())

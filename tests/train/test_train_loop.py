@@ -7,9 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-import cloudpickle
 import mlflow
 import pytest
+import ray.cloudpickle
 import torch
 
 from maple.config import load_config
@@ -33,8 +33,8 @@ class CrashOnceTask(EmbedderTask):
             os._exit(1)
 
 
-# The workers cannot import this test module: ship the class by value.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+# The workers cannot import this test module: Ray ships the class by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.fixture(scope="module")
