@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
             specs.update({name: info["model_dir"] for name, info in models.items()})
         metrics = evaluate_many(cfg, specs, out / "eval")
         if reranker is not None:
-            metrics.update(rerank_metrics(cfg, {n: specs[n] for n in specs if n.startswith("full-s")}, reranker))
+            metrics.update(rerank_metrics(cfg, {n: specs[n] for n in specs if n.startswith("full-s")}, reranker, out))
         for name, m in metrics.items():
             m["fine_grained"] = fine_grained_accuracy(m)
             log_metrics(m, prefix=f"{name}.")
@@ -191,18 +191,28 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def train_reranker(cfg: Config, judged: Path) -> str:
-    from jobs.train_reranker import train_reranker as run
+    """The reranker job's training (same machinery as the embedder's) on the judged data; skipped when done."""
+    from jobs.train_reranker import datasets
+    from maple.rerank.task import RerankerTask, reranker_train_config
+    from maple.train.loop import run_training
 
-    return run(cfg.with_overrides(f"reranker.input={judged}",
-                                  f"reranker.output={Path(cfg.run.output_dir) / 'models' / 'reranker'}"))
+    out = Path(cfg.run.output_dir) / "models" / "reranker"
+    if (out / "maple_reranker.json").exists():
+        return str(out)
+    run_cfg = reranker_train_config(cfg.with_overrides(f"reranker.input={judged}", f"reranker.output={out}"))
+    return str(run_training(run_cfg, RerankerTask(), datasets(run_cfg), run_name=f"{cfg.run.name}-reranker").model_dir)
 
 
-def rerank_metrics(cfg: Config, embedders: dict[str, str], reranker: str) -> dict[str, dict[str, float]]:
-    """`full + reranker`: the evaluation job's retrieve-then-rerank report over each seed of the full variant."""
-    from jobs.evaluate import evaluate_reranked
-
-    return {name.replace("full-", "full+reranker-"): evaluate_reranked(cfg, path, reranker)
-            for name, path in embedders.items()}
+def rerank_metrics(cfg: Config, embedders: dict[str, str], reranker: str, out: Path) -> dict[str, dict[str, float]]:
+    """`full + reranker`: the evaluation job's retrieve-then-rerank metrics over each seed of the full variant
+    (UniME-V2's full reordering of the top k), under the plain metric names so the table compares like with like."""
+    reranked = evaluate_many(cfg, embedders, out / "eval-reranked", reranker=reranker)
+    renamed = {}
+    for name, m in reranked.items():
+        renamed[name.replace("full-", "full+reranker-")] = {
+            key.replace("rerank_full_", "").replace("rerank_comp_", "comp_"): value for key, value in m.items()
+            if key.startswith(("rerank_full_", "rerank_comp_"))}
+    return renamed
 
 
 def serve_model(cfg: Config, embedder: str, reranker: str | None) -> None:

@@ -45,14 +45,16 @@ def embed_table(path: Path, model_path: str | dict[str, str], cfg: Config, **col
     return ds.drop_columns(list(columns.get("image_columns", ()))).to_pandas()
 
 
-def evaluate_many(cfg: Config, specs: dict[str, str | None], out_root: Path | None = None
-                  ) -> dict[str, dict[str, float]]:
+def evaluate_many(cfg: Config, specs: dict[str, str | None], out_root: Path | None = None,
+                  reranker: str | None = None) -> dict[str, dict[str, float]]:
     """Evaluate several embedders on the same splits in one Ray Data pass (images decoded once, one actor pool).
 
     specs: name -> model spec (directory, `models:/name/version`, or None for the untrained tiny twin). With
     `out_root`, each model's `metrics.json`, `report.md` and `similarities.npz` (matched and unmatched test-set
-    similarities, for histograms) are written to `<out_root>/<name>/`.
+    similarities, for histograms) are written to `<out_root>/<name>/`. With a `reranker` (default `eval.reranker`),
+    each model's report also holds the retrieve-then-rerank metrics (`rerank_*`, UniME-V2's two modes).
     """
+    reranker = reranker or cfg.eval.reranker
     world = Path(cfg.eval.split_dir or Path(cfg.run.output_dir) / "world")
     paths = {name: resolve_model(cfg, spec) for name, spec in specs.items()}
     test = embed_table(world / "test", paths, cfg, image_columns=("image",), text_list_columns=("captions",))
@@ -72,6 +74,13 @@ def evaluate_many(cfg: Config, specs: dict[str, str | None], out_root: Path | No
             list(comp["negative_type"]), comp["held_out"].to_numpy(), np.stack(comp[f"{name}/image_emb"]),
             np.stack(comp[f"{name}/caption_emb"]), np.stack(comp[f"{name}/negative_caption_emb"]),
             np.stack(comp[f"{name}/negative_image_emb"])))
+        if reranker:
+            from maple.rerank.retrieve_then_rerank import evaluate_with_reranker
+
+            view = lambda frame: frame.rename(columns={c: c.split("/", 1)[1] for c in frame.columns  # noqa: E731
+                                                       if c.startswith(f"{name}/")})
+            metrics.update(evaluate_with_reranker(reranker, world, view(test), view(comp), cfg.eval.recall_ks,
+                                                  cfg.eval.rerank_top_k, cfg.reranker.pick_best_of, cfg.reranker))
         results[name] = metrics
         if out_root is not None:
             out = Path(out_root) / name

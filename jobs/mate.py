@@ -19,6 +19,7 @@ interrupted one resumes from its checkpoints. Writes <run.output_dir>/mate/repor
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -53,8 +54,8 @@ def prepare_world(cfg: Config) -> tuple[Path, Path]:
 
 
 def seed_config(cfg: Config, seed: int) -> Config:
-    return cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": seed, "name": f"{cfg.run.name}-seed{seed}"})},
-                          deep=True)
+    run = cfg.run.model_copy(update={"seed": seed, "name": f"{cfg.run.name}-seed{seed}"})
+    return cfg.model_copy(update={"run": run}, deep=True)
 
 
 def finished(path: Path) -> bool:
@@ -119,6 +120,7 @@ def llm_targets(cfg: Config, long_texts: Path, init_dir: str) -> Path:
         done = out / split / "_SUCCESS"
         if done.exists():
             continue
+        shutil.rmtree(out / split, ignore_errors=True)  # an interrupted write leaves part files: start the split over
         ds = ray.data.read_parquet(str(long_texts / split))
         ds = ds.map_batches(EmbedColumns, fn_constructor_kwargs=dict(model_path=init_dir, text_columns=TEXTS,
                                                                       batch_size=cfg.eval.batch_size),

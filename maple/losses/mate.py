@@ -19,8 +19,8 @@ target itself, so that P's output lands in the LLM's space and is comparable wit
 (the paper's projection is trained to *meet* the embedding, not only to rank it):
 
 - "cosine": mean over rows of 1 − cos(P(s_i), t_i);
-- "mse": mean over rows and dimensions of (P(s_i) − t_i)², on the raw vectors (t is unit-norm, so P's output is pulled
-  to unit norm as well).
+- "mse": mean over rows and dimensions of (P(s_i) − t_i)², on the raw vectors (t is unit-norm, so P's output is
+  pulled to unit norm as well).
 
 Related: `infonce_loss` (the contrastive term alone); `anchor` (PAL, the other post-hoc alignment recipe).
 

@@ -34,7 +34,7 @@ PROJECTION_FILE = "projection.safetensors"
 
 
 class Projection(nn.Module):
-    """P: VLM space (in_dim) → LLM space (out_dim); "linear" or a 2-layer "mlp" with GELU (MATE's projection module)."""
+    """P: VLM space (in_dim) → LLM space (out_dim); "linear", or "mlp" (2 layers, GELU): MATE's projection module."""
 
     def __init__(self, in_dim: int, out_dim: int, kind: str = "mlp", hidden: int = 512):
         super().__init__()
@@ -179,8 +179,9 @@ class MateEmbedder(Embedder):
     def from_pretrained(cls, path: str | Path, cfg: ModelConfig | None = None) -> "MateEmbedder":
         path = Path(path)
         if not (path / MANIFEST).exists():
-            raise FileNotFoundError(f"{path} has no {MANIFEST}: not a saved MATE embedder (MateEmbedder.save_pretrained "
-                                    "writes one); to start from checkpoints, set model.mate.vlm and model.mate.llm")
+            raise FileNotFoundError(f"{path} has no {MANIFEST}: not a saved MATE embedder (MateEmbedder."
+                                    "save_pretrained writes one); to start from checkpoints, set model.mate.vlm and "
+                                    "model.mate.llm")
         m = json.loads((path / MANIFEST).read_text())
         vlm = DualEncoder.from_pretrained(path / "vlm")
         projection = Projection(m["in_dim"], m["out_dim"], m["projection"], m["hidden"])

@@ -85,7 +85,8 @@ def stage_step(model: MateEmbedder, loss_fn: MateLoss, batch: dict, optimizer, m
 @torch.no_grad()
 def stage_metrics(model: MateEmbedder, rows: dict[str, np.ndarray], stage: Stage, batch_size: int = 64
                   ) -> dict[str, float]:
-    """Recall@1 of source -> target among all given rows (the val split), for every target column present."""
+    """Recall@1 of source -> target among all given rows (the val split), for every target column present, named
+    `val_<stage>_<text>_r_at_1` (MLflow metric names allow no "@")."""
     was_training = model.training
     model.eval()
     sources = []
@@ -99,7 +100,8 @@ def stage_metrics(model: MateEmbedder, rows: dict[str, np.ndarray], stage: Stage
     for column in TARGET_COLUMNS:
         if column in rows:
             sim = source @ torch.nn.functional.normalize(stack(rows[column]), dim=-1).T
-            out[f"{stage}_{column.removesuffix('_emb')}_r@1"] = float((sim.argmax(1) == torch.arange(n)).float().mean())
+            hits = (sim.argmax(1) == torch.arange(n)).float().mean()
+            out[f"val_{stage}_{column.removesuffix('_emb')}_r_at_1"] = float(hits)
     return out
 
 

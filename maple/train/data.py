@@ -2,10 +2,10 @@
 
 Two inputs are accepted:
 
-| input                         | query                          | positive                 | hard negatives / scores |
-|-------------------------------|--------------------------------|--------------------------|-------------------------|
-| PAIRS_SCHEMA (InfoNCE only)   | one caption (chosen per epoch) | the image                | none                    |
-| JUDGED_SCHEMA (mining output) | query_text or query_image      | positive_image or _text  | hard_negative_* + judge scores |
+| input                         | query                          | positive                | hard negatives, scores  |
+|-------------------------------|--------------------------------|-------------------------|-------------------------|
+| PAIRS_SCHEMA (InfoNCE only)   | one caption (chosen per epoch) | the image               | none                    |
+| JUDGED_SCHEMA (mining output) | query_text or query_image      | positive_image or _text | hard_negative_*, scores |
 
 A judged batch may mix directions (t2i rows query with text, i2t rows with an image): each slot is a `MixedInputs`
 that holds the text rows and the image rows separately and puts their embeddings back in row order.
@@ -22,7 +22,6 @@ import pyarrow as pa
 import torch
 
 from maple.data.images import decode_image
-from maple.data.schema import JUDGED_SCHEMA, PAIRS_SCHEMA
 from maple.models.embedder import Embedder
 from maple.train.config import LossConfig
 
@@ -41,8 +40,8 @@ def input_kind(schema: pa.Schema) -> str:
         return "judged"
     if set(PAIRS_COLUMNS) <= names:
         return "pairs"
-    raise ValueError(f"columns {sorted(names)} are neither image-text pairs (need {list(PAIRS_COLUMNS)}) nor the mining "
-                     f"job's judged rows (need {list(JUDGED_COLUMNS)})")
+    raise ValueError(f"columns {sorted(names)} are neither image-text pairs (need {list(PAIRS_COLUMNS)}) nor the "
+                     f"mining job's judged rows (need {list(JUDGED_COLUMNS)})")
 
 
 def check_columns(schema: pa.Schema, loss: LossConfig, source: str) -> str:
@@ -265,4 +264,4 @@ def collate(model: Embedder, rows: dict[str, np.ndarray], kind: str, loss: LossC
 
 
 __all__ = ["EmbedderBatch", "MixedInputs", "check_columns", "choose_caption", "collate", "collate_judged",
-           "collate_pairs", "input_kind", "slice_inputs", "JUDGED_SCHEMA", "PAIRS_SCHEMA"]
+           "collate_pairs", "input_kind", "slice_inputs"]

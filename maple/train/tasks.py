@@ -97,7 +97,8 @@ def apply_lora(embedder: Embedder, rank: int, alpha: float, dora: bool) -> None:
     """Wrap `embedder.model` with peft LoRA (DoRA when dora) adapters; only the adapters train."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, use_dora=dora, target_modules=lora_targets(embedder))
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, use_dora=dora,
+                        target_modules=lora_targets(embedder))
     embedder.model = get_peft_model(embedder.model, config)
 
 

@@ -192,14 +192,16 @@ def ray_head():
     Ray on the machine). `ray start` runs as the leader of a new process group that every process it starts
     inherits; it returns once the node is up (not `--block`: that mode kills the whole node when any helper
     process, e.g. the Ray client server, times out at start on a loaded machine). The job API lives in the
-    dashboard process, so the dashboard is on, bound to loopback; every port is a free one, none Ray's default."""
+    dashboard process, so the dashboard is on, bound to loopback."""
     import signal
     import subprocess
     import sys
     import tempfile
 
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
-    port, dashboard, client = _free_port(), _free_port(), _free_port()
+    # Every port a free one: Ray's defaults (10001 client server, 52365 dashboard agent, ...) are fixed numbers
+    # that another Ray on the machine may hold, and an agent that cannot bind leaves the head without a job API.
+    port, dashboard, client, agent, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(7))
     ray_bin = str(Path(sys.executable).with_name("ray"))
     # Ray 2.60 turns token authentication on by default; this head listens on loopback only and lives for one test.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
@@ -207,7 +209,9 @@ def ray_head():
     start = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
          f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}", "--disable-usage-stats"],
+         f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}", "--disable-usage-stats"],
         env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     group = start.pid
     address = f"http://127.0.0.1:{dashboard}"
@@ -257,6 +261,7 @@ def _wait_for_job_api(address: str, timeout_s: float = 300.0) -> None:
 def test_mine_runs_as_a_ray_job_submitted_to_a_head_on_loopback(ray_head, small_world, mlflow_uri, tmp_path):
     import subprocess
     import sys
+    import time
 
     address, env = ray_head
     world, _ = small_world
@@ -267,8 +272,13 @@ def test_mine_runs_as_a_ray_job_submitted_to_a_head_on_loopback(ray_head, small_
     entrypoint = (f"python -m jobs.mine {' '.join(_overrides(tmp_path, inputs, out))} "
                   f"run.mlflow_tracking_uri={mlflow_uri} mine.directions=[t2i]")
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    done = subprocess.run([ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-                           *entrypoint.split()], env=env, capture_output=True, text=True, timeout=600)
+    deadline = time.monotonic() + 300
+    while True:  # the head accepts jobs once its dashboard agent has registered; until then it answers 500
+        done = subprocess.run([ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+                               *entrypoint.split()], env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent to submit job" not in done.stdout + done.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     n_captions = sum(len(c) for c in pq.read_table(inputs / "part-00000.parquet")["captions"].to_pylist())

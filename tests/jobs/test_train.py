@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -65,19 +66,23 @@ def ray_head():
          "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.monotonic() + 240
-    while True:  # readiness: the job server answers
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=5)
-            break
-        except OSError:
-            if head.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray start --head did not come up (temp dir {temp_dir})") from None
-            time.sleep(1)
-    yield address
-    head.send_signal(signal.SIGTERM)
-    head.wait(timeout=120)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # readiness: the dashboard answers (401 counts: Ray's token authentication is on)
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=5)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"ray start --head did not come up (temp dir {temp_dir})") from None
+                time.sleep(1)
+        yield address
+    finally:
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_job_submit_trains_exports_and_registers(ray_head, small_world, mlflow_uri, tmp_path):

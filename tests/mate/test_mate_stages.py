@@ -74,7 +74,7 @@ def test_collate_names_the_missing_columns(tiny_mate, mate_rows):
 
 def test_stage_metrics_report_recall_at_1_per_target(tiny_mate, mate_rows):
     metrics = stage_metrics(tiny_mate, mate_rows, "captions", batch_size=5)
-    assert set(metrics) == {"captions_caption_r@1", "captions_long_caption_r@1", "captions_document_r@1"}
+    assert set(metrics) == {f"val_captions_{text}_r_at_1" for text in ("caption", "long_caption", "document")}
     with torch.no_grad():
         source = tiny_mate.project_vlm_texts(**tiny_mate.vlm_tokenize(list(mate_rows["caption"])))
     n = len(source)
@@ -84,4 +84,4 @@ def test_stage_metrics_report_recall_at_1_per_target(tiny_mate, mate_rows):
         for i in range(n):  # explicit loop: the nearest target by cosine is the row's own
             cos = [float(torch.nn.functional.cosine_similarity(source[i], target[j], dim=0)) for j in range(n)]
             hits += int(max(range(n), key=lambda j: cos[j]) == i)
-        assert metrics[f"captions_{column}_r@1"] == pytest.approx(hits / n)
+        assert metrics[f"val_captions_{column}_r_at_1"] == pytest.approx(hits / n)
