@@ -113,7 +113,7 @@ def probe(args, batch_size: int, gradcache_chunk: int | None) -> dict:
     """One bare step in a fresh process; returns its result (peak RSS is per process)."""
     command = [sys.executable, __file__, "--probe", str(batch_size), "--probe-chunk", str(gradcache_chunk or 0),
                "--image-size", str(args.image_size), "--hidden", str(args.hidden), "--layers", str(args.layers),
-               "--work", args.work, "--steps", "2"]
+               "--work", args.work, "--steps", "2", "--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         return {"batch": batch_size, "failed": done.stderr[-500:]}
@@ -147,11 +147,14 @@ def main() -> None:
     parser.add_argument("--max-probe-batch", type=int, default=1024)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "maple-bench-train"))
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_step.json"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the bare step; 1 = what a Ray Train worker with 1 CPU gets")
     parser.add_argument("--probe", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--probe-chunk", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     cfg = load_config(None, model_overrides(args))
     Path(args.work).mkdir(parents=True, exist_ok=True)
     world_dir = world(args)

@@ -18,6 +18,7 @@ COMMANDS = {
     "serve": ("serve.app", "serve embeddings, rerank and search over HTTP (Ray Serve)"),
     "pal": ("jobs.pal", "PAL: align two frozen encoders with K anchors (cache, train, evaluate)"),
     "pal-study": ("jobs.pal_study", "PAL data-scaling study vs a linear projection"),
+    "mate": ("jobs.mate", "MATE: images and long texts through an LLM text embedder and a staged projection"),
     "demo": ("jobs.demo", "the whole pipeline on the synthetic world on an embedded local Ray"),
 }
 
