@@ -86,11 +86,24 @@ class EmbedderModel(mlflow.pyfunc.PythonModel):
         return self.embedder.encode_texts([str(t) for t in texts]).numpy()
 
 
-def register_embedder(model_dir: str | Path, name: str) -> str:
-    """Log a saved embedder directory in the active run and register it; returns `models:/<name>/<version>`."""
-    info = mlflow.pyfunc.log_model(name="embedder", python_model=EmbedderModel(),
-                                   artifacts={"embedder": str(model_dir)}, registered_model_name=name)
+def register_model(model_dir: str | Path, name: str, python_model: mlflow.pyfunc.PythonModel, key: str) -> str:
+    """Log a saved maple model directory as a pyfunc (the directory as artifact `key`) in the active run and
+    register it; returns `models:/<name>/<version>`."""
+    import safetensors
+    import torch
+    import transformers
+
+    # Requirements named here: MLflow's inference of them imports the model in a subprocess (minutes on a busy CPU).
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
+                    f"safetensors=={safetensors.__version__}", "pillow"]
+    info = mlflow.pyfunc.log_model(name=key, python_model=python_model, pip_requirements=requirements,
+                                   artifacts={key: str(model_dir)}, registered_model_name=name)
     return f"models:/{name}/{info.registered_model_version}"
+
+
+def register_embedder(model_dir: str | Path, name: str) -> str:
+    """Register a saved embedder directory (see `register_model`)."""
+    return register_model(model_dir, name, EmbedderModel(), "embedder")
 
 
 MANIFESTS = ("maple_embedder.json", "maple_reranker.json")

@@ -26,13 +26,7 @@ class RerankerModel(mlflow.pyfunc.PythonModel):
 
 def register_reranker(model_dir: str | Path, name: str) -> str:
     """Log a saved reranker directory in the active run and register it; returns `models:/<name>/<version>`."""
-    import safetensors
-    import torch
-    import transformers
+    from maple.tracking import register_model
 
-    # Requirements named here: MLflow's inference of them imports the model in a subprocess (minutes on a busy CPU).
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
-                    f"safetensors=={safetensors.__version__}", "pillow"]
-    info = mlflow.pyfunc.log_model(name="reranker", python_model=RerankerModel(), pip_requirements=requirements,
-                                   artifacts={"reranker": str(model_dir)}, registered_model_name=name)
-    return f"models:/{name}/{info.registered_model_version}"
+    return register_model(model_dir, name, RerankerModel(), "reranker")
+

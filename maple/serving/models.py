@@ -116,7 +116,11 @@ def embed_contents(model: Embedder, contents: list[Content]) -> tuple[np.ndarray
     if text_at:
         inputs = model.tokenize([contents[i] for i in text_at])
         mask = inputs.get("attention_mask")
-        counts = mask.sum(dim=1).tolist() if mask is not None else [inputs["input_ids"].shape[1]] * len(text_at)
+        counts = mask.sum(dim=1) if mask is not None else torch.full((len(inputs["input_ids"]),),
+                                                                        inputs["input_ids"].shape[1])
+        if "window_owner" in inputs:  # long texts come as windows (MATE): a text's tokens are its windows' sum
+            counts = torch.zeros(len(text_at), dtype=counts.dtype).index_add_(0, inputs["window_owner"], counts)
+        counts = counts.tolist()
         out = model.embed_texts(**{k: v.to(device) for k, v in inputs.items()})
         vectors[text_at] = out.float().cpu().numpy()
         for i, n in zip(text_at, counts):

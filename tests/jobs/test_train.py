@@ -65,6 +65,9 @@ def ray_head():
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={_free_port()}", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard}", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--num-cpus=4",
+         # the agents' default ports may belong to another Ray on this machine
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
          "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=LOOPBACK_ENV)
     address = f"http://127.0.0.1:{dashboard}"
