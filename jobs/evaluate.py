@@ -8,6 +8,7 @@ pool; the metrics are pure functions (`maple.eval`). Writes `metrics.json` and `
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -115,8 +116,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def log_metrics(metrics: dict[str, float], prefix: str = "") -> None:
-    """MLflow metric names allow no '@'."""
-    mlflow.log_metrics({prefix + k.replace("@", "_at_"): v for k, v in metrics.items() if np.isfinite(v)})
+    """Log finite metrics; MLflow names allow letters, digits and `_-. :/` only ("t2i_r@1" -> "t2i_r_at_1")."""
+    name = lambda key: re.sub(r"[^\w\-. :/]", "_", (prefix + key).replace("@", "_at_"))  # noqa: E731
+    mlflow.log_metrics({name(k): v for k, v in metrics.items() if np.isfinite(v)})
 
 
 if __name__ == "__main__":

@@ -94,20 +94,24 @@ def test_ray_job_submit_trains_exports_and_registers(ray_head, small_world, mlfl
     world = small_world[0]
     env = {"PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_uri, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    entrypoint = (f"cd {REPO} && {sys.executable} -m jobs.train run.name=submitted run.output_dir={tmp_path} "
-                  f"train.input={world / 'train'} train.val_input={world / 'val'} train.zero_stage=2 "
-                  f"train.num_workers=2 train.steps=6 train.batch_size=16 train.checkpoint_every=3 train.eval_every=6 "
-                  f"train.lr=2e-3 train.warmup_steps=0 train.register_name=submitted-embedder")
+    # PYTHONPATH (runtime env) finds jobs/ and maple/; every path below is absolute
+    entrypoint = [sys.executable, "-m", "jobs.train", "run.name=submitted", f"run.output_dir={tmp_path}",
+                  f"train.input={world / 'train'}", f"train.val_input={world / 'val'}", "train.zero_stage=2",
+                  "train.num_workers=2", "train.steps=6", "train.batch_size=16", "train.checkpoint_every=3",
+                  "train.eval_every=6", "train.lr=2e-3", "train.warmup_steps=0",
+                  "train.register_name=submitted-embedder"]
     deadline = time.monotonic() + 180
     while True:  # the head's job agent registers a little after the dashboard answers: it says to try again
         done = subprocess.run([RAY, "job", "submit", f"--address={ray_head}",
-                               f"--runtime-env-json={json.dumps({'env_vars': env})}", "--", entrypoint],
+                               f"--runtime-env-json={json.dumps({'env_vars': env})}", "--", *entrypoint],
                               capture_output=True, text=True, timeout=1200, env=LOOPBACK_ENV)
         if "No available agent" not in done.stderr + done.stdout or time.monotonic() > deadline:
             break
         time.sleep(2)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = json.loads(next(line for line in done.stdout.splitlines()[::-1] if line.startswith("{\"model_dir\"")))
+    logs = done.stdout + done.stderr  # the job's own output, as `ray job submit` tails it
+    start = logs.rindex('{"model_dir"')
+    summary = json.loads(logs[start:logs.index("\n", start)])
     assert (Path(summary["model_dir"]) / "maple_embedder.json").exists()
     assert summary["registry_uri"].startswith("models:/submitted-embedder/")
     client = mlflow.tracking.MlflowClient(mlflow_uri)
