@@ -7,6 +7,7 @@ No Ray import here: a task's methods run inside the workers, and alone in tests.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from maple.train.data import check_columns, collate
 from maple.train.step import train_step
 
 
-class TrainTask:
+class TrainTask(ABC):
     """The recipe-specific parts of a training run. Subclass and override; defaults fit any nn.Module pair."""
 
     name = "train"  # MLflow tag `maple.job`; also the default registry name suffix
@@ -31,32 +32,32 @@ class TrainTask:
     def check(self, cfg: Config, schemas: dict[str, pa.Schema]) -> None:
         """Driver side, before any worker starts: raise ValueError for inputs the config cannot train on."""
 
+    @abstractmethod
     def build(self, cfg: Config, seed: int) -> tuple[nn.Module, nn.Module]:
         """(model, loss_fn), identical on every worker for the same seed. The loss's parameters train too."""
-        raise NotImplementedError
 
     def trainable_parameters(self, model: nn.Module, loss_fn: nn.Module) -> list[nn.Parameter]:
         return [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
 
+    @abstractmethod
     def collate(self, model: nn.Module, rows: dict[str, np.ndarray], epoch: int, cfg: Config) -> Any:
         """One worker's micro-batch from Parquet rows (Ray Data numpy batch)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def step(self, model: nn.Module, loss_fn: nn.Module, batch: Any, optimizer: Any, cfg: Config) -> dict[str, float]:
         """One optimisation step (`optimizer` is the DeepSpeed engine in the loop); the loss terms as floats."""
-        raise NotImplementedError
 
     def evaluate(self, model: nn.Module, val_rows: dict[str, np.ndarray], cfg: Config) -> dict[str, float]:
         """Metrics on the whole val split (MLflow names: letters, digits, _ . - / only)."""
         return {}
 
+    @abstractmethod
     def export(self, model: nn.Module, out_dir: Path, cfg: Config) -> None:
         """Write the final weights (a fully materialised model: ZeRO-3 parameters gathered) to out_dir."""
-        raise NotImplementedError
 
+    @abstractmethod
     def register(self, out_dir: Path, name: str) -> str:
         """Register an exported model in the MLflow registry (inside the run); returns its `models:/` URI."""
-        raise NotImplementedError
 
     def after_step(self, step: int, rank: int) -> None:
         """Called on every rank after each step (e.g. a recipe's own logging)."""
