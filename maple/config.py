@@ -67,14 +67,7 @@ class Config(Section):
 
     def with_overrides(self, *overrides: str) -> "Config":
         """A validated copy with `section.key=value` overrides applied (as on the command line)."""
-        tree = self.model_dump(mode="json")
-        for text in overrides:
-            key, value = parse_override(text)
-            _set_path(tree, key, value)
-        try:
-            return Config.model_validate(tree)
-        except ValidationError as exc:
-            raise ConfigError(f"overrides {list(overrides)}: {exc}") from None
+        return _validated(self.model_dump(mode="json"), overrides, f"overrides {list(overrides)}")
 
 
 class ConfigError(ValueError):
@@ -133,7 +126,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{source} is not valid YAML: {exc}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
-    tree = _normalise_numbers(tree)
+    return _validated(_normalise_numbers(tree), overrides, source)
+
+
+def _validated(tree: dict, overrides: list[str] | tuple[str, ...], source: str) -> Config:
+    """Apply `section.key=value` overrides to a config tree and validate it; errors name `source` and the key."""
     for text in overrides:
         key, value = parse_override(text)
         _set_path(tree, key, value)
