@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from maple.data.synth import synthesize
 from maple.models.config import TinyConfig
 from maple.rerank.config import RerankerConfig
 from maple.rerank.model import build_reranker
+from machine import cpu_model  # bench/machine.py; scripts run as `python bench/<name>.py`
 
 RESULTS = Path(__file__).parent / "results" / "rerank.json"
 SIZES = {
@@ -93,14 +93,6 @@ def merge(path: Path, rows: list[dict], env: dict) -> dict:
     results = sorted([r for r in old["results"] if key(r) not in fresh] + rows, key=key)
     envs = {**old.get("env", {}), env["device"]: env}
     return {"env": envs, "results": results}
-
-
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import faiss
 import numpy as np
 
 from maple.retrieval.index import build_index
+from machine import cpu_model  # bench/machine.py; scripts run as `python bench/<name>.py`
 
 K = 50
 DIM = 256
@@ -167,14 +167,6 @@ def print_table(results: list[dict]) -> None:
         print(f"{r['dataset']:8} {r['size']:>9,} {r['timed_on_queries']:>6,} {r['method']:6} {params:40} "
               f"{r['build_s']:>8.1f} {r['search_s']:>9.1f} {r['ms_per_query']:>9.3f} "
               f"{1e3 * r['search_cpu_s'] / r['timed_on_queries']:>9.3f} {r['recall_at_50']:>9.3f}")
-
-
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:
