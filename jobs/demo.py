@@ -33,15 +33,25 @@ from maple.eval.ablation import (aggregate, fine_grained_accuracy, markdown_tabl
                                  plot_similarity_histograms, plot_type_accuracy)
 from maple.tracking import mlflow_run, ui_command
 
-# Each variant's loss, stated in full so that the recipe's own loss settings cannot leak into the comparison.
-VARIANT_LOSSES = {
-    "infonce": ["train.loss.hard_negatives=false", "train.loss.rpa=none", "train.loss.kl_weight=0"],
-    "hard_negatives": ["train.loss.hard_negatives=true", "train.loss.rpa=none", "train.loss.kl_weight=0"],
-    "soft_label": ["train.loss.hard_negatives=true", "train.loss.rpa=none", "train.loss.kl_weight=1.0"],
-    "rpa_pairwise": ["train.loss.hard_negatives=true", "train.loss.rpa=pairwise", "train.loss.kl_weight=0"],
-    "rpa_listwise": ["train.loss.hard_negatives=true", "train.loss.rpa=listwise", "train.loss.kl_weight=0"],
-    "full": ["train.loss.hard_negatives=true", "train.loss.rpa=listwise", "train.loss.kl_weight=1.0"],
+# Each variant's loss terms: (MAPLE's extended hard negatives, RPA, UniME-V2's soft labels). Every term is stated for
+# every variant, so the recipe's own loss settings cannot leak into the comparison; the soft-label weight γ is
+# demo.kl_weight, one value for every variant that uses it.
+VARIANTS = {
+    "infonce": (False, "none", False),
+    "hard_negatives": (True, "none", False),
+    "soft_label": (True, "none", True),
+    "rpa_pairwise": (True, "pairwise", False),
+    "rpa_listwise": (True, "listwise", False),
+    "full": (True, "listwise", True),
 }
+
+
+def variant_loss(cfg: Config, variant: str) -> Config:
+    hard, rpa, soft = VARIANTS[variant]
+    return cfg.with_overrides(f"train.loss.hard_negatives={str(hard).lower()}", f"train.loss.rpa={rpa}",
+                              f"train.loss.kl_weight={cfg.demo.kl_weight if soft else 0.0}")
+
+
 DEFAULT_RECIPE = "configs/demo.yaml"
 
 
@@ -129,9 +139,9 @@ def goal_statement(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_demo_args(list(sys.argv[1:] if argv is None else argv))
     demo, out = cfg.demo, Path(cfg.run.output_dir)
-    unknown = [v for v in demo.variants if v not in VARIANT_LOSSES]
+    unknown = [v for v in demo.variants if v not in VARIANTS]
     if unknown:
-        raise SystemExit(f"demo.variants: unknown {unknown}; known: {sorted(VARIANT_LOSSES)}")
+        raise SystemExit(f"demo.variants: unknown {unknown}; known: {sorted(VARIANTS)}")
     seeds = list(range(demo.seeds))
     n_stages = 6 + bool(demo.judge_noise_sweep) + demo.serve
     started = time.perf_counter()
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     init_ray(cfg)
     with mlflow_run(cfg, "demo", run_name=f"{cfg.run.name}-demo"):
         stage(2, f"training the InfoNCE baseline ({demo.baseline_steps} steps) on plain pairs")
-        baseline = train_embedder(cfg.with_overrides(*VARIANT_LOSSES["infonce"]), "baseline",
+        baseline = train_embedder(variant_loss(cfg, "infonce"), "baseline",
                                   out / "world" / "train", demo.baseline_steps, seed=0, init=None)["model_dir"]
 
         stage(3, f"mining with the {cfg.judge.backend} judge over the baseline's top-{cfg.mine.top_k}")
@@ -154,21 +164,21 @@ def main(argv: list[str] | None = None) -> dict:
         for variant in demo.variants:
             for seed in seeds:
                 stage(4, f"training variant {variant!r}, seed {seed} ({demo.variant_steps} steps)")
-                runs[f"{variant}-s{seed}"] = train_embedder(cfg.with_overrides(*VARIANT_LOSSES[variant]),
+                runs[f"{variant}-s{seed}"] = train_embedder(variant_loss(cfg, variant),
                                                             f"{variant}-s{seed}", judged, demo.variant_steps, seed,
                                                             init=baseline)
 
         reranker = None
         if demo.reranker and "full" in demo.variants:
             stage(5, "training the reranker on the judged data")
-            reranker = train_reranker(cfg, judged)
+            reranker = train_reranker(cfg, judged, baseline)
 
         sweep: dict[float, dict[str, dict]] = {}
         for rate in demo.judge_noise_sweep:
             stage(6, f"judge-noise sweep: flip rate {rate}")
             noisy = mine_with(cfg, baseline, out / f"mined-flip{rate}", flip_rate=rate)
             sweep[rate] = {f"full-flip{rate}-s{seed}": train_embedder(
-                cfg.with_overrides(*VARIANT_LOSSES["full"]), f"full-flip{rate}-s{seed}", noisy,
+                variant_loss(cfg, "full"), f"full-flip{rate}-s{seed}", noisy,
                 demo.variant_steps, seed, init=baseline) for seed in seeds}
 
         stage(n_stages - demo.serve, "evaluating every model in one pass of the evaluation job")
@@ -190,8 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
-def train_reranker(cfg: Config, judged: Path) -> str:
-    """The reranker job's training (same machinery as the embedder's) on the judged data; skipped when done."""
+def train_reranker(cfg: Config, judged: Path, embedder: str) -> str:
+    """The reranker job's training (same machinery as the embedder's) on the judged data; skipped when done. Unless
+    the recipe names a reranker, it is a cross-encoder over `embedder`'s towers: its zero-initialised head starts
+    from that embedder's own ranking (over the tiny random twin's towers it would start from noise)."""
     from jobs.train_reranker import datasets
     from maple.rerank.task import RerankerTask, reranker_train_config
     from maple.train.loop import run_training
@@ -199,7 +211,10 @@ def train_reranker(cfg: Config, judged: Path) -> str:
     out = Path(cfg.run.output_dir) / "models" / "reranker"
     if (out / "maple_reranker.json").exists():
         return str(out)
-    run_cfg = reranker_train_config(cfg.with_overrides(f"reranker.input={judged}", f"reranker.output={out}"))
+    overrides = [f"reranker.input={judged}", f"reranker.output={out}"]
+    if cfg.reranker.name_or_path is None:
+        overrides.append(f"reranker.name_or_path={embedder}")
+    run_cfg = reranker_train_config(cfg.with_overrides(*overrides))
     return str(run_training(run_cfg, RerankerTask(), datasets(run_cfg), run_name=f"{cfg.run.name}-reranker").model_dir)
 
 

@@ -38,22 +38,16 @@ def input_shards(path: str | Path) -> list[str]:
 def read_validated(files: list[str], cfg: Config):
     """Raw pairs of the shards, validated: (good rows in PAIRS_SCHEMA with `source` = the shard file, quarantine).
     `source` is the file because output and resume go by input shard."""
-    import pyarrow.parquet as pq_
-    import ray.data
-
     from maple.data import readers
 
-    mapping = readers._parquet_mapping(pq_.read_schema(files[0]), files[0])
-    mapping.pop("source", None)  # the shard path (include_paths) becomes the source
-    raw = ray.data.read_parquet(files, columns=sorted(set(mapping.values())), include_paths=True)
-    raw = raw.map_batches(readers._raw_from_parquet, batch_format="pyarrow", fn_kwargs={"mapping": mapping})
+    raw = readers.read_parquet_pairs(files, source_from_path=True)
     return readers.validated(raw, cfg.data, stage="mine:validate")
 
 
 def embed_pairs(good, model_path: str, cfg: Config) -> dict:
     """Embed every good pair's image and captions in an actor pool; collect ids, embeddings and content on the
     driver (candidates are global: every shard's, even finished ones, are needed)."""
-    from maple.mining.stage import CONTENT_SCHEMA, EmbedPairs, shard_name
+    from maple.stages.mining import CONTENT_SCHEMA, EmbedPairs, shard_name
 
     embedded = good.map_batches(
         EmbedPairs, fn_constructor_kwargs=dict(model_path=model_path, batch_size=cfg.mine.embed_batch_size),
@@ -81,7 +75,7 @@ def embed_pairs(good, model_path: str, cfg: Config) -> dict:
 def build_indexes(emb: dict, cfg: Config, out: Path) -> dict:
     """One index per direction over that direction's candidates (images for t2i, captions for i2t), saved under
     `<out>/index/<direction>` for reuse."""
-    from maple.mining.stage import caption_id
+    from maple.stages.mining import caption_id
     from maple.retrieval.index import build_index
 
     indexes = {}
@@ -148,7 +142,7 @@ def mine(cfg: Config) -> dict:
 
     from jobs.evaluate import resolve_model
     from maple.judge.base import check_judge
-    from maple.mining.stage import (
+    from maple.stages.mining import (
         CHAOS_ENV,
         JudgeQueries,
         ShardWriter,

@@ -15,6 +15,8 @@ import sys
 import zlib
 from pathlib import Path
 
+import pyarrow as pa
+
 from jobs.common import init_ray, parse_config
 from maple.config import Config
 from maple.rerank.task import RerankerTask, reranker_train_config
@@ -33,6 +35,14 @@ def is_val(row_id: str, fraction: float) -> bool:
     return zlib.crc32(str(row_id).encode()) % 10_000 < fraction * 10_000
 
 
+def split_rows(batch: pa.Table, fraction: float, val: bool) -> pa.Table:
+    """The batch's validation (or training) rows. In Arrow, so the schema stays: a row-wise filter re-infers the
+    types, and a column that is null throughout the batch (positive_image in image-to-text rows) comes back
+    mistyped."""
+    keep = [is_val(row_id, fraction) == val for row_id in batch["id"].to_pylist()]
+    return batch.filter(pa.array(keep, pa.bool_()))
+
+
 def datasets(cfg: Config) -> dict:
     import ray.data
 
@@ -40,8 +50,8 @@ def datasets(cfg: Config) -> dict:
     fraction = cfg.reranker.val_fraction
     if fraction <= 0:
         return {"train": rows}
-    return {"train": rows.filter(lambda row: not is_val(row["id"], fraction)),
-            "val": rows.filter(lambda row: is_val(row["id"], fraction))}
+    return {name: rows.map_batches(split_rows, batch_format="pyarrow", fn_kwargs={"fraction": fraction, "val": val})
+            for name, val in (("train", False), ("val", True))}
 
 
 def main(argv: list[str] | None = None):

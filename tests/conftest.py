@@ -1,8 +1,19 @@
-"""Shared fixtures: one local Ray for the whole session, a small synthetic world, a private MLflow store."""
+"""Shared fixtures: one local Ray for the whole session, a small synthetic world, a private MLflow store, and a
+`ray start --head` of a test's own for `ray job submit`."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +54,92 @@ def small_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
     synthesize(cfg, out)
     return out, cfg
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayHead:
+    """A running head: its job API address and the environment its CLI needs."""
+
+    address: str
+    env: dict[str, str]
+    ray_bin: str
+
+    def submit(self, entrypoint: list[str], *options: str, timeout_s: float = 1200) -> subprocess.CompletedProcess:
+        """`ray job submit` and wait. The head accepts jobs once its dashboard agent has registered, a little after
+        the job API answers; until then it says "No available agent", and we try again."""
+        deadline = time.monotonic() + 300
+        while True:
+            done = subprocess.run([self.ray_bin, "job", "submit", f"--address={self.address}", *options, "--",
+                                   *entrypoint], env=self.env, capture_output=True, text=True, timeout=timeout_s)
+            if "No available agent" not in done.stdout + done.stderr or time.monotonic() > deadline:
+                return done
+            time.sleep(2)
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head of our own on 127.0.0.1, stopped by its process group (never `ray stop`, which would stop every
+    Ray on the machine). `ray start` runs as the leader of a new process group that every process it starts
+    inherits; it returns once the node is up (not `--block`: that mode kills the whole node when any helper
+    process, e.g. the Ray client server, times out at start on a loaded machine). The job API lives in the
+    dashboard process, so the dashboard is on, bound to loopback."""
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
+    # Every port a free one: Ray's defaults (10001 client server, 52365 dashboard agent, ...) are fixed numbers
+    # that another Ray on the machine may hold, and an agent that cannot bind leaves the head without a job API.
+    port, dashboard, client, agent, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(7))
+    bin_dir = Path(sys.executable).parent  # the venv's CLIs; CI runs the venv's python without activating it
+    # Ray 2.60 turns token authentication on by default; this head listens on loopback only and lives for one test.
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    start = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=4",
+         f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    group = start.pid
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        output, _ = start.communicate(timeout=300)
+        assert start.returncode == 0, output[-3000:]
+        _wait_for_job_api(address)
+        yield RayHead(address, env, str(bin_dir / "ray"))
+    finally:
+        # SIGTERM lets the head stop its workers; a process of the group that lingers after 10 s is killed
+        _stop_group(group, signal.SIGTERM, timeout_s=10) or _stop_group(group, signal.SIGKILL, timeout_s=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_group(group: int, sig: int, timeout_s: float) -> bool:
+    """Signal every process of the group; True once none is left (polled with a deadline)."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        os.killpg(group, sig)
+        while time.monotonic() < deadline:
+            os.killpg(group, 0)  # raises once the group is empty
+            time.sleep(0.5)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _wait_for_job_api(address: str, timeout_s: float = 300.0) -> None:
+    """Return once the head's job API answers (readiness polling with a deadline, not a sleep standing in for it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:  # refused until the dashboard's HTTP server is up
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the Ray head's job API at {address} did not answer in {timeout_s:.0f} s")
+        time.sleep(1)

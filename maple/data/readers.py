@@ -141,11 +141,18 @@ def _raw_from_parquet(table: pa.Table, mapping: dict[str, str]) -> pa.Table:
         schema=RAW_SCHEMA)
 
 
-def read_parquet_pairs(path: str | None) -> ray.data.Dataset:
-    """Parquet shards (a file, folder or glob) -> raw rows. The first shard's schema is checked up front."""
-    fs, files = _list_files(path, "parquet", "Parquet shards of image-text pairs")
+def read_parquet_pairs(path: str | list[str] | None, source_from_path: bool = False) -> ray.data.Dataset:
+    """Parquet shards (a file, folder or glob, or a list of files) -> raw rows. The first shard's schema is checked up
+    front. `source_from_path`: every row's source is its shard file, whatever a source column says (for stages whose
+    output and resume go by input shard)."""
+    if isinstance(path, list):
+        fs, files = _filesystem(path[0])[0], [_filesystem(p)[1] for p in path]
+    else:
+        fs, files = _list_files(path, "parquet", "Parquet shards of image-text pairs")
     with fs.open_input_file(files[0]) as f:
         mapping = _parquet_mapping(pq.read_schema(f), files[0])
+    if source_from_path:
+        mapping.pop("source", None)
     # Ray's footer-reader pool size: jobs.common.init_ray sets RAY_DATA_PARQUET_FOOTER_NUM_ACTORS.
     ds = ray.data.read_parquet(files, filesystem=fs, include_paths=True)
     ds = ds.select_columns(sorted(set(mapping.values())) + ["path"])

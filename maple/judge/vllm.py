@@ -9,7 +9,7 @@ identical inputs; prompts with images go in as text plus `multi_modal_data`, exp
 prefix cache (`enable_prefix_caching`) computes a query's shared prefix once for its K + 1 pairs, which the mining
 stage sends together.
 
-Why an actor UDF (`maple.mining.stage.JudgeQueries` holding this engine) and not `ray.data.llm.build_processor`:
+Why an actor UDF (`maple.stages.mining.JudgeQueries` holding this engine) and not `ray.data.llm.build_processor`:
 the processor maps one row to one prompt, but the mining stage needs all K + 1 scores of a query in one row; with
 the processor the pairs would be exploded into rows and regrouped by a `groupby` — an all-to-all shuffle that
 stops the stream until every pair is judged and undoes the per-shard streaming writes. The processor can return the

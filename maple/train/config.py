@@ -20,7 +20,7 @@ class LossConfig(Section):
 class TrainConfig(Section):
     input: str | None = None  # mined Parquet (or pairs for InfoNCE only); None: from run.output_dir
     output: str | None = None
-    num_workers: int = 2
+    num_workers: int = 2  # 0: Ray Train's local mode, the loop runs in this process (small runs, no restarts)
     use_gpu: bool = False
     zero_stage: int = 2
     bf16: bool = False

@@ -11,6 +11,9 @@
   `ray.train.get_checkpoint()` and keep logging to the same MLflow run (its id lives in the storage folder);
 - at the end gather the weights (ZeRO-3), let the task export them into the final checkpoint, which the driver copies
   to train.output and registers in the MLflow model registry.
+
+train.num_workers=0 is Ray Train's local mode: the same loop runs in the calling process (a gloo group of one for
+DeepSpeed; no worker actor to start, no restarts). The CPU demo trains its twenty small runs this way.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import resource
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 import torch
@@ -58,9 +62,11 @@ def check_config(cfg: Config) -> None:
     tc = cfg.train
     if tc.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"train.zero_stage={tc.zero_stage}: DeepSpeed ZeRO has stages 0, 1, 2 and 3")
-    if tc.num_workers < 1:
-        raise ValueError(f"train.num_workers={tc.num_workers}: need at least 1")
-    if tc.batch_size % tc.num_workers:
+    if tc.num_workers < 0:
+        raise ValueError(f"train.num_workers={tc.num_workers}: 0 (Ray Train's local mode) or more workers")
+    if tc.num_workers == 0 and tc.use_gpu and torch.cuda.device_count() > 1:
+        log.warning("train.num_workers=0 trains in this process on one GPU; use workers for more")
+    if tc.num_workers and tc.batch_size % tc.num_workers:
         raise ValueError(f"train.batch_size={tc.batch_size} (global) must be a multiple of train.num_workers="
                          f"{tc.num_workers}")
     if tc.gradcache_chunk is not None and tc.zero_stage == 3:
@@ -159,8 +165,51 @@ def read_all(shard) -> dict[str, Any]:
 
 # --- the worker loop -----------------------------------------------------------------------------------------------
 
+def init_single_process_group() -> None:
+    """Ray Train's local mode (train.num_workers=0) runs the loop in this process without a process group, and
+    DeepSpeed needs one: a gloo group of one on a free loopback port (the local controller destroys it at the end).
+    DeepSpeed also asserts that LOCAL_RANK is set, as its launcher and torchrun do."""
+    import socket
+
+    import torch.distributed as dist
+
+    os.environ.setdefault("LOCAL_RANK", "0")
+    if dist.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
+def forget_deepspeed_world_group() -> None:
+    """DeepSpeed 0.19 caches its clone of the world group in a module global. Ray's local controller destroys the
+    group after a local-mode run; whoever initialises DeepSpeed next in this process (another run, a test) would get
+    the dead group from the cache."""
+    import deepspeed.utils.groups
+
+    deepspeed.utils.groups._WORLD_GROUP = None
+
+
+@contextmanager
+def checkpoint_directory(cfg: Config, run_name: str) -> Iterator[str]:
+    """Where a checkpoint is written before `ray.train.report`. Workers report a temporary folder that Ray copies to
+    storage; local mode keeps the reported folder itself as the result's checkpoint, so it must outlive the report:
+    <storage, or run.output_dir when storage is remote>/<run_name>/checkpoint, replaced by each report."""
+    if cfg.train.num_workers:
+        with tempfile.TemporaryDirectory() as directory:
+            yield directory
+        return
+    storage = storage_path(cfg)
+    directory = Path(storage if "://" not in storage else cfg.run.output_dir) / run_name / "checkpoint"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    yield str(directory)
+
+
 def _worker_loop(config: dict[str, Any]) -> None:
     import deepspeed
+    import mlflow as mlflow_module
     import ray.train
     from ray.air.integrations.mlflow import setup_mlflow
     from ray.train import Checkpoint
@@ -168,6 +217,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     cfg = Config.model_validate(config["cfg"])
     task: TrainTask = config["task"]
     tc = cfg.train
+    if tc.num_workers == 0:
+        init_single_process_group()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     micro_batch = tc.batch_size // world
@@ -191,13 +242,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
             state = {"step": client_state["step"], "epoch": client_state["epoch"]}
         log.info("rank %d resumed from step %d", rank, state["step"])
 
-    mlflow = None
     if rank == 0:
-        import mlflow as mlflow_module
-
         mlflow_module.set_tracking_uri(config["tracking_uri"])
         mlflow_module.set_experiment(cfg.run.mlflow_experiment)
-        mlflow_module.start_run(run_id=config["mlflow_run_id"])  # the driver's run: setup_mlflow adopts it
+        # the driver's run: setup_mlflow adopts it. In local mode this is the driver, maybe inside a parent run
+        mlflow_module.start_run(run_id=config["mlflow_run_id"], nested=mlflow_module.active_run() is not None)
     mlflow = setup_mlflow(tracking_uri=config["tracking_uri"], experiment_name=cfg.run.mlflow_experiment,
                           create_experiment_if_not_exists=True, rank_zero_only=True)
 
@@ -214,7 +263,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         return metrics
 
     def save_and_report(metrics: dict[str, float], final: bool) -> None:
-        with tempfile.TemporaryDirectory() as directory:
+        with checkpoint_directory(cfg, config["run_name"]) as directory:
             engine.save_checkpoint(directory, tag=DEEPSPEED_TAG, client_state=dict(state))
             weights = full_state_dict(engine, tc.zero_stage, rank) if final else None
             if weights is not None:
@@ -266,7 +315,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             state["epoch"] += 1
     save_and_report(metrics, final=True)
     if rank == 0:
-        mlflow.end_run()
+        mlflow_module.end_run()
 
 
 # --- the driver side -----------------------------------------------------------------------------------------------
@@ -317,7 +366,7 @@ def run_training(cfg: Config, task: TrainTask, datasets: dict[str, Any], run_nam
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "task": task, "mlflow_run_id": run_id,
-                           "tracking_uri": tracking_uri(cfg), "datasets": sorted(datasets)},
+                           "tracking_uri": tracking_uri(cfg), "datasets": sorted(datasets), "run_name": run_name},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage,
@@ -326,7 +375,11 @@ def run_training(cfg: Config, task: TrainTask, datasets: dict[str, Any], run_nam
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if cfg.train.num_workers == 0:
+            forget_deepspeed_world_group()
     out = Path(cfg.train.output or Path(cfg.run.output_dir) / "models" / run_name)
     with result.checkpoint.as_directory() as directory:
         if out.exists():

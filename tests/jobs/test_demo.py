@@ -2,13 +2,13 @@
 
 import json
 
-from jobs.demo import VARIANT_LOSSES, main
+from jobs.demo import VARIANTS, main
 
 
 def test_tiny_demo_runs_end_to_end_and_reports_every_variant(ray_local, mlflow_uri, tmp_path):
     metrics = main(["--config", "configs/demo_tiny.yaml", f"run.output_dir={tmp_path}"])
     report = (tmp_path / "report" / "report.md").read_text()
-    for variant in [*VARIANT_LOSSES, "full+reranker", "baseline"]:
+    for variant in [*VARIANTS, "full+reranker", "baseline"]:
         assert f"| {variant} |" in report, variant
     for plot in ("type_accuracy.png", "similarity_histograms.png", "training_loss.png"):
         assert (tmp_path / "report" / plot).stat().st_size > 1000, plot

@@ -20,9 +20,10 @@ from jobs.mine import mine
 from maple.config import load_config
 from maple.data.schema import JUDGED_SCHEMA, PAIRS_SCHEMA
 from maple.data.synth import Scene, reference_score
-from maple.mining.stage import CHAOS_ENV
+from maple.stages.mining import CHAOS_ENV
 
 BETA = 0.01
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _overrides(tmp: Path, inputs: Path, out: Path) -> list[str]:
@@ -175,110 +176,16 @@ def test_a_rerun_skips_finished_shards_and_redoes_only_the_missing_one(mined):
 
 # --- the cluster path: `ray start --head` on loopback + `ray job submit` ---------------------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def ray_head():
-    """A Ray head of our own on 127.0.0.1, stopped by its process group (never `ray stop`, which would stop every
-    Ray on the machine). `ray start` runs as the leader of a new process group that every process it starts
-    inherits; it returns once the node is up (not `--block`: that mode kills the whole node when any helper
-    process, e.g. the Ray client server, times out at start on a loaded machine). The job API lives in the
-    dashboard process, so the dashboard is on, bound to loopback."""
-    import signal
-    import subprocess
-    import sys
-    import tempfile
-
-    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
-    # Every port a free one: Ray's defaults (10001 client server, 52365 dashboard agent, ...) are fixed numbers
-    # that another Ray on the machine may hold, and an agent that cannot bind leaves the head without a job API.
-    port, dashboard, client, agent, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(7))
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    # Ray 2.60 turns token authentication on by default; this head listens on loopback only and lives for one test.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    start = subprocess.Popen(
-        [ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-         f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
-         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}", "--disable-usage-stats"],
-        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    group = start.pid
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        output, _ = start.communicate(timeout=300)
-        assert start.returncode == 0, output[-3000:]
-        _wait_for_job_api(address)
-        yield address, env
-    finally:
-        _stop_group(group, signal.SIGTERM, timeout_s=60) or _stop_group(group, signal.SIGKILL, timeout_s=30)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _stop_group(group: int, sig: int, timeout_s: float) -> bool:
-    """Signal every process of the group; True once none is left (polled with a deadline)."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    try:
-        os.killpg(group, sig)
-        while time.monotonic() < deadline:
-            os.killpg(group, 0)  # raises once the group is empty
-            time.sleep(0.5)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-def _wait_for_job_api(address: str, timeout_s: float = 300.0) -> None:
-    """Return once the head's job API answers (readiness polling with a deadline, not a sleep standing in for it)."""
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{address}/api/version", timeout=5) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:  # refused until the dashboard's HTTP server is up
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the Ray head's job API at {address} did not answer in {timeout_s:.0f} s")
-        time.sleep(1)
-
 
 def test_mine_runs_as_a_ray_job_submitted_to_a_head_on_loopback(ray_head, small_world, mlflow_uri, tmp_path):
-    import subprocess
-    import sys
-    import time
-
-    address, env = ray_head
     world, _ = small_world
     inputs = tmp_path / "in"
     inputs.mkdir()
     shutil.copy(sorted((world / "train").glob("*.parquet"))[0], inputs / "part-00000.parquet")
     out = tmp_path / "mined"
-    entrypoint = (f"python -m jobs.mine {' '.join(_overrides(tmp_path, inputs, out))} "
-                  f"run.mlflow_tracking_uri={mlflow_uri} mine.directions=[t2i]")
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    deadline = time.monotonic() + 300
-    while True:  # the head accepts jobs once its dashboard agent has registered; until then it answers 500
-        done = subprocess.run([ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-                               *entrypoint.split()], env=env, capture_output=True, text=True, timeout=900)
-        if "No available agent to submit job" not in done.stdout + done.stderr or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    entrypoint = ["python", "-m", "jobs.mine", *_overrides(tmp_path, inputs, out),
+                  f"run.mlflow_tracking_uri={mlflow_uri}", "mine.directions=[t2i]"]
+    done = ray_head.submit(entrypoint, "--working-dir", str(REPO))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     n_captions = sum(len(c) for c in pq.read_table(inputs / "part-00000.parquet")["captions"].to_pylist())
@@ -289,7 +196,7 @@ def test_mine_runs_as_a_ray_job_submitted_to_a_head_on_loopback(ray_head, small_
 
 
 def _mined_rows(shard: str, ids: list[str]) -> pa.Table:
-    from maple.mining.stage import OUTPUT_SCHEMA
+    from maple.stages.mining import OUTPUT_SCHEMA
 
     rows = [{"id": i, "direction": "t2i", "query_id": i.split(":")[0], "positive_id": "p", "positive_score": 0.9,
              "candidate_ids": ["c"], "candidate_scores": [0.1], "candidate_sims": [0.5], "hard_negative_ids": ["c"],
@@ -300,7 +207,7 @@ def _mined_rows(shard: str, ids: list[str]) -> pa.Table:
 
 
 def test_writer_refuses_a_row_that_arrives_twice(tmp_path):
-    from maple.mining.stage import ShardWriter
+    from maple.stages.mining import ShardWriter
 
     writer = ShardWriter(tmp_path, {"s": 3}, {})
     writer.add(_mined_rows("s", ["a:t2i", "b:t2i"]))
@@ -309,7 +216,7 @@ def test_writer_refuses_a_row_that_arrives_twice(tmp_path):
 
 
 def test_writer_publishes_a_shard_only_when_complete(tmp_path):
-    from maple.mining.stage import ShardWriter, judged_path
+    from maple.stages.mining import ShardWriter, judged_path
 
     writer = ShardWriter(tmp_path, {"s": 2, "t": 1}, {})
     writer.add(_mined_rows("s", ["a:t2i"]))
@@ -322,7 +229,7 @@ def test_writer_publishes_a_shard_only_when_complete(tmp_path):
 
 
 def test_writer_gives_a_shard_with_no_query_empty_files(tmp_path):
-    from maple.mining.stage import ShardWriter, judged_path
+    from maple.stages.mining import ShardWriter, judged_path
 
     bad = {"id": "p1", "source": "s", "stage": "mine:validate", "reason": "corrupt", "row": "{}"}
     ShardWriter(tmp_path, {"s": 0}, {"s": [bad]}).close()

@@ -4,16 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -22,9 +13,6 @@ import pytest
 from jobs import train
 
 REPO = Path(__file__).resolve().parents[2]
-RAY = str(Path(sys.executable).parent / "ray")
-# A loopback cluster private to the test: no token authentication between its CLI and its dashboard.
-LOOPBACK_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
 
 
 def _bad(capsys, *overrides: str, world=None) -> str:
@@ -50,46 +38,6 @@ def test_rpa_on_pairs_without_judged_columns_fails_at_start(capsys, small_world)
     assert "positive_score" in err and "train.loss.rpa=pairwise" in err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def ray_head():
-    """A dedicated `ray start --head --block` (own temp dir and ports), stopped by its process id: SIGTERM makes it
-    kill every process it started. Other Ray clusters on this machine are left alone."""
-    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
-    dashboard = _free_port()
-    head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={_free_port()}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--num-cpus=4",
-         # the agents' default ports may belong to another Ray on this machine
-         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-         "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=LOOPBACK_ENV)
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:  # readiness: the dashboard answers (any HTTP status)
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=5)
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                if head.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"ray start --head did not come up (temp dir {temp_dir})") from None
-                time.sleep(1)
-        yield address
-    finally:
-        head.send_signal(signal.SIGTERM)
-        head.wait(timeout=120)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
 def test_ray_job_submit_trains_exports_and_registers(ray_head, small_world, mlflow_uri, tmp_path):
     world = small_world[0]
     env = {"PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_uri, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
@@ -100,14 +48,7 @@ def test_ray_job_submit_trains_exports_and_registers(ray_head, small_world, mlfl
                   "train.num_workers=2", "train.steps=6", "train.batch_size=16", "train.checkpoint_every=3",
                   "train.eval_every=6", "train.lr=2e-3", "train.warmup_steps=0",
                   "train.register_name=submitted-embedder"]
-    deadline = time.monotonic() + 180
-    while True:  # the head's job agent registers a little after the dashboard answers: it says to try again
-        done = subprocess.run([RAY, "job", "submit", f"--address={ray_head}",
-                               f"--runtime-env-json={json.dumps({'env_vars': env})}", "--", *entrypoint],
-                              capture_output=True, text=True, timeout=1200, env=LOOPBACK_ENV)
-        if "No available agent" not in done.stderr + done.stdout or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    done = ray_head.submit(entrypoint, f"--runtime-env-json={json.dumps({'env_vars': env})}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     logs = done.stdout + done.stderr  # the job's own output, as `ray job submit` tails it
     start = logs.rindex('{"model_dir"')

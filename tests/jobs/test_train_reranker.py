@@ -35,7 +35,8 @@ def trained(small_world, ray_local, mlflow_uri, tmp_path_factory):
 
     world, _ = small_world
     tmp = tmp_path_factory.mktemp("train_reranker")
-    common = [f"run.output_dir={tmp}", "run.name=rre2e", "train.num_workers=1", "train.checkpoint_every=1000",
+    # the embedder to mine with trains in Ray Train's local mode; the reranker job below runs on 2 workers
+    common = [f"run.output_dir={tmp}", "run.name=rre2e", "train.num_workers=0", "train.checkpoint_every=1000",
               "train.eval_every=1000", "train.warmup_steps=2"]
     embedder_cfg = load_config(None, [*common, "train.steps=20", "train.batch_size=32", "train.lr=2e-3",
                                       f"train.output={tmp / 'embedder'}"])
@@ -108,3 +109,17 @@ def test_reranker_over_the_trained_embedder_is_not_significantly_worse_on_the_co
           f"difference {difference:+.3f} ({wins} rows won, {losses} lost)")
     if wins + losses:
         assert binomtest(losses, wins + losses, 0.5, alternative="greater").pvalue > 0.05
+
+
+def test_the_split_keeps_every_row_once_and_the_schema_of_an_all_null_column():
+    import pyarrow as pa
+
+    from jobs.train_reranker import is_val, split_rows
+
+    ids = [f"img-{i}:i2t" for i in range(40)]
+    # image-to-text rows: the positive is a caption, so positive_image is null in every row
+    table = pa.table({"id": ids, "positive_image": pa.nulls(40, pa.binary()), "positive_text": ["a cap"] * 40})
+    train, val = (split_rows(table, 0.25, val) for val in (False, True))
+    assert train.schema == val.schema == table.schema
+    assert sorted(train["id"].to_pylist() + val["id"].to_pylist()) == sorted(ids)
+    assert val["id"].to_pylist() == [i for i in ids if is_val(i, 0.25)]

@@ -36,7 +36,7 @@ def mate_run(small_world, ray_local, mlflow_uri, tiny_llm_dir, tmp_path_factory)
         "model.family=mate", f"model.mate.llm={tiny_llm_dir}", f"model.mate.vlm={out / 'vlm'}",
         "model.mate.projection_hidden=64", "model.mate.seeds=[0]", "model.mate.stage1_caption_steps=2",
         "model.mate.stage1_document_steps=0", "model.mate.stage2_steps=2", "model.mate.stage2_pairs=32",
-        "model.mate.lora_rank=2", "train.num_workers=1", "train.zero_stage=0", "train.batch_size=16",
+        "model.mate.lora_rank=2", "train.num_workers=0", "train.zero_stage=0", "train.batch_size=16",
         "train.warmup_steps=0", "train.checkpoint_every=100", "train.eval_every=100",
     ]
     cfg = load_config("configs/mate.yaml", overrides)

@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,7 +53,8 @@ def test_serve_run_of_the_config_starts_and_answers(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MAPLE_API_KEY")}
     env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
     log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(["serve", "run", str(path)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    serve_bin = str(Path(sys.executable).with_name("serve"))  # the venv's; CI does not activate the venv
+    proc = subprocess.Popen([serve_bin, "run", str(path)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -59,6 +59,7 @@ def test_zero2_gradcache_step_updates_weights_like_the_plain_torch_step(single_p
 @pytest.mark.parametrize("override, message", [
     ("train.zero_stage=4", "train.zero_stage=4"),
     ("train.batch_size=15", "multiple of train.num_workers"),
+    ("train.num_workers=-1", "local mode"),
 ])
 def test_check_config_refuses_what_cannot_run(override, message):
     with pytest.raises(ValueError, match=message):

@@ -1,5 +1,6 @@
 """End to end under Ray Train + DeepSpeed on CPU: 2 workers, ZeRO-3, the tiny CLIP twin on the synthetic world, one
-worker killed mid-run. (ZeRO-2 runs end to end in tests/jobs/test_train.py, through `ray job submit`.)"""
+worker killed mid-run; and Ray Train's local mode (num_workers=0) inside a parent MLflow run, as the demo uses it.
+(ZeRO-2 runs end to end in tests/jobs/test_train.py, through `ray job submit`.)"""
 
 from __future__ import annotations
 
@@ -90,3 +91,25 @@ def test_the_export_loads_and_is_registered(crashed_run, small_world):
     assert model.encode_texts(["a red circle"]).shape == (1, model.embedding_dim)
     assert result.registry_uri.startswith("models:/zero3-embedder/")
     assert torch.isfinite(model.encode_texts(["a blue square"])).all()
+
+
+def test_local_mode_trains_in_this_process_as_a_child_of_the_active_run(ray_local, small_world, mlflow_uri, tmp_path):
+    import ray.data
+    import torch.distributed as dist
+
+    world_dir, _ = small_world
+    cfg = load_config(None, [
+        f"run.output_dir={tmp_path}", "run.name=local", "train.steps=3", "train.batch_size=16", "train.zero_stage=0",
+        "train.num_workers=0", "train.checkpoint_every=2", "train.eval_every=3", "train.warmup_steps=0"])
+    datasets = {"train": ray.data.read_parquet(str(world_dir / "train")),
+                "val": ray.data.read_parquet(str(world_dir / "val"))}
+    with mlflow.start_run(run_name="parent") as parent:
+        result = run_training(cfg, EmbedderTask(), datasets, run_name="local-mode", register=False)
+        assert mlflow.active_run().info.run_id == parent.info.run_id  # the child run ended, the parent goes on
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    child = client.get_run(result.mlflow_run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED"
+    assert [s for s, _ in _history(client, result.mlflow_run_id, "loss")] == [1, 2, 3]
+    assert not dist.is_initialized()  # Ray Train's local controller tore the single-process group down
+    assert Path(result.checkpoint_path).is_dir()  # the reported folder outlives the report
+    assert load_embedder(result.model_dir).encode_texts(["a red circle"]).shape[0] == 1
