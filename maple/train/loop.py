@@ -64,8 +64,6 @@ def check_config(cfg: Config) -> None:
         raise ValueError(f"train.zero_stage={tc.zero_stage}: DeepSpeed ZeRO has stages 0, 1, 2 and 3")
     if tc.num_workers < 0:
         raise ValueError(f"train.num_workers={tc.num_workers}: 0 (Ray Train's local mode) or more workers")
-    if tc.num_workers == 0 and tc.use_gpu and torch.cuda.device_count() > 1:
-        log.warning("train.num_workers=0 trains in this process on one GPU; use workers for more")
     if tc.num_workers and tc.batch_size % tc.num_workers:
         raise ValueError(f"train.batch_size={tc.batch_size} (global) must be a multiple of train.num_workers="
                          f"{tc.num_workers}")
@@ -180,12 +178,14 @@ def init_single_process_group() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    forget_deepspeed_world_group()  # the cache may hold an earlier, destroyed group of this process
 
 
 def forget_deepspeed_world_group() -> None:
-    """DeepSpeed 0.19 caches its clone of the world group in a module global. Ray's local controller destroys the
-    group after a local-mode run; whoever initialises DeepSpeed next in this process (another run, a test) would get
-    the dead group from the cache."""
+    """DeepSpeed 0.19 caches its clone of the world group in a module global, which outlives the group. Ray's local
+    controller destroys the group after a local-mode run, so it is forgotten after each run and whenever the loop
+    makes a new group: whoever initialises DeepSpeed next in this process (another run, a test) would otherwise get a
+    dead group from the cache."""
     import deepspeed.utils.groups
 
     deepspeed.utils.groups._WORLD_GROUP = None
