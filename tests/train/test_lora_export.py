@@ -1,7 +1,8 @@
-"""A tiny MLLM embedder with LoRA trains a few steps and exports merged weights that load_embedder reads back."""
+"""A tiny MLLM embedder with LoRA (and DoRA) trains a few steps and exports merged weights that load_embedder reads back."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import numpy_rows
@@ -12,9 +13,10 @@ from maple.train.step import train_step
 from maple.train.tasks import EmbedderTask
 
 
-def test_mllm_lora_trains_and_its_merged_export_embeds_like_the_trained_model(world_pairs, tmp_path):
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_mllm_lora_trains_and_its_merged_export_embeds_like_the_trained_model(world_pairs, tmp_path, dora):
     cfg = Config.model_validate({"model": {"family": "qwen2vl", "image_size": 32},
-                                 "train": {"lora": True, "lora_rank": 4, "lora_dora": False}})
+                                 "train": {"lora": True, "lora_rank": 4, "lora_dora": dora}})
     task = EmbedderTask()
     model, loss_fn = task.build(cfg, seed=0)
     params = task.trainable_parameters(model, loss_fn)
