@@ -67,7 +67,7 @@ def main() -> None:
     import torch
 
     from maple.judge.config import JudgeConfig
-    from maple.judge.tiny import build_tiny_judge
+    from maple.models.tiny_judge import build_tiny_judge
 
     model = build_tiny_judge(Path(tempfile.mkdtemp()) / "llama", "llama", hidden=args.hidden, layers=args.layers)
     ordered = make_pairs(args.queries, args.candidates)

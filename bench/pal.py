@@ -27,12 +27,14 @@ import pyarrow.parquet as pq
 import torch
 
 from maple.data.config import WorldConfig
+from maple.data.features import FeatureTensors, caption_choice
 from maple.data.images import decode_image
+from maple.data.schema import FEATURES_SCHEMA
 from maple.data.synth import synthesize
 from maple.models.anchor import AnchorAligner
 from maple.models.config import ModelConfig
-from maple.models.feature_cache import FEATURES_SCHEMA, FeatureTensors, TokenFeatures, caption_choice
-from maple.models.pal_task import PalLoss, build_head, pal_step
+from maple.recipes.pal import PalLoss, build_head, pal_step
+from maple.stages.features import TokenFeatures
 
 RESULTS = Path(__file__).parent / "results" / "pal.json"
 

@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_model  # bench/machine.py; scripts run as `python bench/<name>.py`
 
 from maple.data.config import WorldConfig
 from maple.data.synth import synthesize
-from maple.models.config import TinyConfig
-from maple.rerank.config import RerankerConfig
-from maple.rerank.model import build_reranker
-from machine import cpu_model  # bench/machine.py; scripts run as `python bench/<name>.py`
+from maple.models.config import RerankerConfig, TinyConfig
+from maple.models.families import build_reranker
 
 RESULTS = Path(__file__).parent / "results" / "rerank.json"
 SIZES = {

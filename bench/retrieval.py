@@ -27,9 +27,9 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from machine import cpu_model  # bench/machine.py; scripts run as `python bench/<name>.py`
 
 from maple.retrieval.index import build_index
-from machine import cpu_model  # bench/machine.py; scripts run as `python bench/<name>.py`
 
 K = 50
 DIM = 256

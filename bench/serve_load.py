@@ -47,7 +47,7 @@ def free_port() -> int:
 
 def save_model(size: str, folder: Path) -> str:
     from maple.models.config import ModelConfig, TinyConfig
-    from maple.models.embedder import build_embedder
+    from maple.models.families import build_embedder
 
     path = folder / f"clip-{size}"
     build_embedder(ModelConfig(tiny=TinyConfig(**SIZES[size])), seed=0).save_pretrained(path)
@@ -57,7 +57,7 @@ def save_model(size: str, folder: Path) -> str:
 def model_only(model_path: str, batch: int, seconds: float) -> float:
     """Inputs/s of the embedder alone (no HTTP, no Serve) at one batch size: the ceiling of what batching can gain
     on this machine."""
-    from maple.models.embedder import load_embedder
+    from maple.models.families import load_embedder
     from maple.serving.models import embed_contents
 
     model = load_embedder(model_path).eval()

@@ -61,12 +61,12 @@ def bare_step(cfg: Config, world_dir: Path, batch_size: int, steps: int, gradcac
     """Time `train_step` on a fixed collated batch (collation excluded, as in the loop's step_time_s)."""
     import pyarrow.parquet as pq
 
-    from maple.train.data import collate_pairs
+    from maple.recipes.embedder import EmbedderTask
+    from maple.train.batch import collate_pairs
     from maple.train.step import train_step
-    from maple.train.tasks import EmbedderTask
 
-    task = EmbedderTask()
-    model, loss_fn = task.build(cfg, seed=0)
+    task = EmbedderTask(cfg.model, cfg.train, cfg.eval)
+    model, loss_fn = task.build(seed=0)
     optimizer = torch.optim.AdamW(task.trainable_parameters(model, loss_fn), lr=1e-4)
     table = pq.read_table(world_dir / "train").slice(0, batch_size)
     rows = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("id", "image", "captions")}
@@ -86,8 +86,9 @@ def ray_step(cfg: Config, world_dir: Path, batch_size: int, steps: int, stage: i
     import mlflow
     import ray
 
-    from maple.train.loop import run_training
-    from maple.train.tasks import EmbedderTask
+    from maple.recipes.embedder import EmbedderTask
+    from maple.tracking import training_run
+    from maple.train.loop import run_training, storage_path
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -98,8 +99,10 @@ def ray_step(cfg: Config, world_dir: Path, batch_size: int, steps: int, stage: i
         "checkpoint_every": 10 ** 6, "eval_every": 10 ** 6, "shuffle_buffer": 0})
     run_cfg.run = run_cfg.run.model_copy(update={"output_dir": str(work / f"ray-zero{stage}"),
                                                  "mlflow_tracking_uri": f"sqlite:///{work / 'mlflow.db'}"})
-    result = run_training(run_cfg, EmbedderTask(), {"train": ray.data.read_parquet(str(world_dir / "train"))},
-                          run_name=f"bench-zero{stage}-{int(time.time())}", register=False)
+    run_name = f"bench-zero{stage}-{int(time.time())}"
+    target = training_run(run_cfg.run, "bench", run_name, storage_path(run_cfg.train, run_cfg.run))
+    result = run_training(run_cfg.train, run_cfg.run, EmbedderTask(run_cfg.model, run_cfg.train, run_cfg.eval),
+                          {"train": ray.data.read_parquet(str(world_dir / "train"))}, run_name, target)
     client = mlflow.tracking.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     history = sorted((m.step, m.value) for m in client.get_metric_history(result.mlflow_run_id, "step_time_s"))
     memory = max(m.value for m in client.get_metric_history(result.mlflow_run_id, "memory_mb"))

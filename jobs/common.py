@@ -1,43 +1,99 @@
-"""What every job entrypoint shares: argument parsing into a Config, and joining or starting Ray."""
+"""What several jobs share: resolving model specs, and training, mining or evaluating inside an MLflow run.
+
+These compose library components (each given its own config section) with the tracking layer; the library itself
+never sees the whole `Config`. Jobs import this module, never each other.
+"""
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
+from pathlib import Path
+from typing import Any
 
-from maple.config import Config, ConfigError, load_config
+import mlflow
+import ray.data
 
-
-def parse_config(argv: list[str] | None, description: str) -> Config:
-    """`--config recipe.yaml section.key=value ...`; config errors exit with the message (naming file and key)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", help="YAML recipe (configs/*.yaml); defaults apply to what it leaves out")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=1e-4")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        parser.exit(2, f"config error: {exc}\n")
-    if args.address:
-        cfg.run.ray_address = args.address
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return cfg
+from maple.config import Config
+from maple.models.families import build_embedder
+from maple.recipes.reranker import RerankerTask, split_rows, training_section
+from maple.stages.evaluate import evaluate_many
+from maple.stages.mining import mine_pairs
+from maple.tracking import log_metrics, mlflow_run, model_dir, register_model, tracking_uri, training_run
+from maple.train.loop import TrainResult, run_training, storage_path
+from maple.train.task import TrainTask
 
 
-def init_ray(cfg: Config, **kwargs) -> None:
-    """Join `run.ray_address` / RAY_ADDRESS when given (a cluster, or `ray job submit`); else start a local Ray."""
-    import ray
+def world_dir(cfg: Config) -> Path:
+    """The synthetic world's folder: eval.split_dir, else <run.output_dir>/world."""
+    return Path(cfg.eval.split_dir or Path(cfg.run.output_dir) / "world")
 
-    # Ray 2.60's Parquet reader starts 32 footer-reading actors per read by default: tens of seconds on a small
-    # machine for a handful of files. A few suffice for maple's shard counts; set the variable to change it.
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
-    if ray.is_initialized():
-        return
-    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
-    # Workers import maple/jobs from the driver's tree when it is not installed on the cluster.
-    runtime_env = kwargs.pop("runtime_env", None)
-    ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env,
-             ignore_reinit_error=True, **kwargs)
 
+def resolve_model(cfg: Config, spec: str | None) -> str:
+    """A local embedder directory: the spec itself, a registry download, or the untrained tiny twin saved once."""
+    if spec:
+        return model_dir(spec, tracking_uri(cfg.run))
+    path = Path(cfg.run.output_dir) / "models" / f"untrained-{cfg.model.family}-seed{cfg.run.seed}"
+    if not (path / "maple_embedder.json").exists():
+        build_embedder(cfg.model, seed=cfg.run.seed).save_pretrained(path)
+    return str(path)
+
+
+def train(cfg: Config, task: TrainTask, datasets: dict[str, Any], run_name: str,
+          register_name: str | None = None) -> TrainResult:
+    """`run_training` inside the run's one MLflow run (kept across resumes), then the export registered as
+    `register_name` (default train.register_name, else <run.name>-<embedder|reranker>); `register_name=""` skips
+    registration."""
+    target = training_run(cfg.run, task.name, run_name, storage_path(cfg.train, cfg.run), cfg)
+    result = run_training(cfg.train, cfg.run, task, datasets, run_name, target)
+    name = register_name if register_name is not None else cfg.train.register_name or f"{cfg.run.name}-{task.kind}"
+    if name:
+        with mlflow_run(cfg.run, task.name, run_name=run_name, run_id=target.run_id):
+            result.registry_uri = register_model(result.model_dir, name, task.kind)
+    return result
+
+
+def mine(cfg: Config) -> dict:
+    """The mining pipeline (`maple.stages.mining.mine_pairs`) with the current embedder (mine.model), in one MLflow
+    run that records the judge's facts, the counts, the throughput and the summary artifacts."""
+    with mlflow_run(cfg.run, "mine", cfg):
+        summary = mine_pairs(cfg.mine, cfg.judge, cfg.data, cfg.run, resolve_model(cfg, cfg.mine.model))
+        mlflow.log_params({f"judge_facts.{k}": v for k, v in summary["judge"].items()})
+        log_metrics({**summary["counts"], **summary["throughput"], "pairs_embedded": summary["pairs_embedded"],
+                     "queries_this_run": summary["queries_this_run"]})
+        mlflow.log_artifact(summary["summary_path"])
+        mlflow.log_artifact(summary["histogram_path"])
+        mlflow.log_param("mine.output_path", summary["output"])
+    return summary
+
+
+def evaluate(cfg: Config, specs: dict[str, str | None], out_root: Path | None = None,
+             reranker: str | None = None) -> dict[str, dict[str, float]]:
+    """`maple.stages.evaluate.evaluate_many` over model specs (directories, `models:/` URIs, or None for the
+    untrained twin) on the world's splits; `reranker` (default eval.reranker) adds retrieve-then-rerank."""
+    reranker = reranker or cfg.eval.reranker
+    models = {name: resolve_model(cfg, spec) for name, spec in specs.items()}
+    return evaluate_many(cfg.eval, world_dir(cfg), models, out_root,
+                         model_dir(reranker, tracking_uri(cfg.run)) if reranker else None, cfg.reranker)
+
+
+def reranker_datasets(path: Path, val_fraction: float) -> dict:
+    """The mined rows, `val_fraction` of them held out by a hash of the row id."""
+    rows = ray.data.read_parquet(str(path))
+    if val_fraction <= 0:
+        return {"train": rows}
+    return {name: rows.map_batches(split_rows, batch_format="pyarrow", fn_kwargs={"fraction": val_fraction, "val": val})
+            for name, val in (("train", False), ("val", True))}
+
+
+def train_reranker(cfg: Config, judged: Path, run_name: str) -> TrainResult:
+    """Train the configured reranker on the judged rows (train.* for the loop's machinery, reranker.* for the
+    model, lr, steps and batch size), registered as <run.name>-reranker."""
+    reranker = cfg.reranker
+    if reranker.name_or_path:  # a models:/ URI becomes the registry download
+        reranker = reranker.model_copy(update={"name_or_path": model_dir(reranker.name_or_path,
+                                                                         tracking_uri(cfg.run))})
+    output = reranker.output or str(Path(cfg.run.output_dir) / "models" / "reranker")
+    run_cfg = cfg.model_copy(update={"train": training_section(reranker, cfg.train, output), "reranker": reranker})
+    task = RerankerTask(reranker, run_cfg.train.max_grad_norm, seed=cfg.run.seed)
+    result = train(run_cfg, task, reranker_datasets(judged, reranker.val_fraction), run_name,
+                   register_name=f"{cfg.run.name}-reranker")
+    return result

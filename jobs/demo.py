@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,13 +26,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from jobs.common import init_ray, parse_config
-from jobs.evaluate import evaluate_many, log_metrics
+from jobs.common import evaluate, mine, train, train_reranker
 from maple.config import Config
 from maple.data.synth import NEGATIVE_TYPES, synthesize
-from maple.eval.ablation import (aggregate, fine_grained_accuracy, markdown_table, plot_curves, plot_noise_sweep,
-                                 plot_similarity_histograms, plot_type_accuracy)
-from maple.tracking import mlflow_run, ui_command
+from maple.eval.ablation import aggregate, fine_grained_accuracy, markdown_table
+from maple.eval.plots import plot_curves, plot_noise_sweep, plot_similarity_histograms, plot_type_accuracy
+from maple.recipes.embedder import EmbedderTask
+from maple.runtime import init_ray, parse_config
+from maple.tracking import log_metrics, mlflow_run, ui_command
 
 # Each variant's loss terms: (MAPLE's extended hard negatives, RPA, UniME-V2's soft labels). Every term is stated for
 # every variant, so the recipe's own loss settings cannot leak into the comparison; the soft-label weight γ is
@@ -81,9 +83,6 @@ def train_embedder(cfg: Config, name: str, train_path: Path, steps: int, seed: i
     """One training run through the training job's machinery; skipped when its export already exists."""
     import ray.data
 
-    from maple.train.loop import run_training
-    from maple.train.tasks import EmbedderTask
-
     out = Path(cfg.run.output_dir) / "models" / name
     if (out / "maple_embedder.json").exists() and (out / "train_result.json").exists():
         return json.loads((out / "train_result.json").read_text())
@@ -91,15 +90,14 @@ def train_embedder(cfg: Config, name: str, train_path: Path, steps: int, seed: i
                                  f"model.name_or_path={init if init else 'null'}")
     world = Path(cfg.run.output_dir) / "world"
     datasets = {"train": ray.data.read_parquet(str(train_path)), "val": ray.data.read_parquet(str(world / "val"))}
-    result = run_training(run_cfg, EmbedderTask(), datasets, run_name=f"{cfg.run.name}-{name}")
+    task = EmbedderTask(run_cfg.model, run_cfg.train, run_cfg.eval, seed=seed)
+    result = train(run_cfg, task, datasets, run_name=f"{cfg.run.name}-{name}")
     summary = {"model_dir": str(result.model_dir), "mlflow_run_id": result.mlflow_run_id}
     (out / "train_result.json").write_text(json.dumps(summary))
     return summary
 
 
 def mine_with(cfg: Config, baseline: str, out: Path, flip_rate: float | None = None) -> Path:
-    from jobs.mine import mine
-
     overrides = [f"mine.model={baseline}", f"mine.input={Path(cfg.run.output_dir) / 'world' / 'train'}",
                  f"mine.output={out}"]
     if flip_rate is not None:
@@ -151,8 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     stage(1, f"synthesising the world into {out / 'world'}")
     synthesize(cfg.world, out / "world")
-    init_ray(cfg)
-    with mlflow_run(cfg, "demo", run_name=f"{cfg.run.name}-demo"):
+    init_ray(cfg.run)
+    with mlflow_run(cfg.run, "demo", cfg, run_name=f"{cfg.run.name}-demo"):
         stage(2, f"training the InfoNCE baseline ({demo.baseline_steps} steps) on plain pairs")
         baseline = train_embedder(variant_loss(cfg, "infonce"), "baseline",
                                   out / "world" / "train", demo.baseline_steps, seed=0, init=None)["model_dir"]
@@ -171,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         reranker = None
         if demo.reranker and "full" in demo.variants:
             stage(5, "training the reranker on the judged data")
-            reranker = train_reranker(cfg, judged, baseline)
+            reranker = demo_reranker(cfg, judged, baseline)
 
         sweep: dict[float, dict[str, dict]] = {}
         for rate in demo.judge_noise_sweep:
@@ -185,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         specs = {"baseline": baseline, **{name: info["model_dir"] for name, info in runs.items()}}
         for models in sweep.values():
             specs.update({name: info["model_dir"] for name, info in models.items()})
-        metrics = evaluate_many(cfg, specs, out / "eval")
+        metrics = evaluate(cfg, specs, out / "eval")
         if reranker is not None:
             metrics.update(rerank_metrics(cfg, {n: specs[n] for n in specs if n.startswith("full-s")}, reranker, out))
         for name, m in metrics.items():
@@ -193,35 +191,31 @@ def main(argv: list[str] | None = None) -> dict:
             log_metrics(m, prefix=f"{name}.")
         report = write_report(cfg, metrics, runs, sweep, out)
         mlflow.log_artifacts(str(out / "report"), "report")
-    print(f"report: {report}\nMLflow UI: {ui_command(cfg)}\ntotal: {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"report: {report}\nMLflow UI: {ui_command(cfg.run)}\ntotal: {time.perf_counter() - started:.0f} s",
+          flush=True)
     if demo.serve:
         stage(n_stages, "serving the full variant on 127.0.0.1 (Ctrl-C stops)")
         serve_model(cfg, specs.get("full-s0", baseline), reranker)
     return metrics
 
 
-def train_reranker(cfg: Config, judged: Path, embedder: str) -> str:
+def demo_reranker(cfg: Config, judged: Path, embedder: str) -> str:
     """The reranker job's training (same machinery as the embedder's) on the judged data; skipped when done. Unless
     the recipe names a reranker, it is a cross-encoder over `embedder`'s towers: its zero-initialised head starts
     from that embedder's own ranking (over the tiny random twin's towers it would start from noise)."""
-    from jobs.train_reranker import datasets
-    from maple.rerank.task import RerankerTask, reranker_train_config
-    from maple.train.loop import run_training
-
     out = Path(cfg.run.output_dir) / "models" / "reranker"
     if (out / "maple_reranker.json").exists():
         return str(out)
     overrides = [f"reranker.input={judged}", f"reranker.output={out}"]
     if cfg.reranker.name_or_path is None:
         overrides.append(f"reranker.name_or_path={embedder}")
-    run_cfg = reranker_train_config(cfg.with_overrides(*overrides))
-    return str(run_training(run_cfg, RerankerTask(), datasets(run_cfg), run_name=f"{cfg.run.name}-reranker").model_dir)
+    return str(train_reranker(cfg.with_overrides(*overrides), judged, run_name=f"{cfg.run.name}-reranker").model_dir)
 
 
 def rerank_metrics(cfg: Config, embedders: dict[str, str], reranker: str, out: Path) -> dict[str, dict[str, float]]:
     """`full + reranker`: the evaluation job's retrieve-then-rerank metrics over each seed of the full variant
     (UniME-V2's full reordering of the top k), under the plain metric names so the table compares like with like."""
-    reranked = evaluate_many(cfg, embedders, out / "eval-reranked", reranker=reranker)
+    reranked = evaluate(cfg, embedders, out / "eval-reranked", reranker=reranker)
     renamed = {}
     for name, m in reranked.items():
         renamed[name.replace("full-", "full+reranker-")] = {
@@ -231,10 +225,16 @@ def rerank_metrics(cfg: Config, embedders: dict[str, str], reranker: str, out: P
 
 
 def serve_model(cfg: Config, embedder: str, reranker: str | None) -> None:
-    from serve.app import serve_blocking
+    """Hand over to the serve entrypoint (`python -m serve.app`, what `maple serve` runs) with this demo's models:
+    the demo's process becomes the server's."""
+    import ray
 
-    serve_blocking(cfg.with_overrides(f"serve.embedder={embedder}",
-                                      f"serve.reranker={reranker if reranker else 'null'}"))
+    ray.shutdown()
+    argv = [sys.executable, "-m", "serve.app", f"run.output_dir={cfg.run.output_dir}",
+            f"run.mlflow_tracking_uri={cfg.run.mlflow_tracking_uri}", f"serve.host={cfg.serve.host}",
+            f"serve.port={cfg.serve.port}", f"serve.embedder={embedder}",
+            f"serve.reranker={reranker if reranker else 'null'}"]
+    os.execv(sys.executable, argv)
 
 
 def write_report(cfg: Config, metrics: dict[str, dict], runs: dict, sweep: dict, out: Path) -> Path:

@@ -15,8 +15,6 @@ Serve the same embedder that built the index: the server refuses an index of ano
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -24,12 +22,15 @@ import mlflow
 import numpy as np
 import pyarrow as pa
 
-from jobs.common import init_ray, parse_config
 from maple.config import Config
+from maple.data.files import atomic_path
 from maple.data.quarantine import write_quarantine
+from maple.data.schema import DOCUMENTS_SCHEMA
+from maple.models.batch_inference import EmbedColumns
 from maple.retrieval.index import build_index
+from maple.runtime import init_ray, parse_config
 from maple.serving.models import TINY_SOURCE, local_model_dir, model_card, tiny_embedder
-from maple.serving.search_index import DOCUMENTS_SCHEMA, save_search_index
+from maple.serving.search_index import save_search_index
 from maple.tracking import mlflow_run, tracking_uri
 
 _PAYLOAD_SKIP = {"id", "image", "image_emb", "image_error", "captions_emb"}
@@ -40,7 +41,7 @@ def embedder_dir(cfg: Config) -> str:
     server's tiny twin (`maple.serving.models.tiny_embedder`) saved once under `run.output_dir`."""
     spec = cfg.serve.embedder
     if spec:
-        return local_model_dir(spec, cfg.serve.mlflow_tracking_uri or tracking_uri(cfg))
+        return local_model_dir(spec, cfg.serve.mlflow_tracking_uri or tracking_uri(cfg.run))
     path = Path(cfg.run.output_dir) / "models" / TINY_SOURCE
     if not (path / "maple_embedder.json").exists():
         tiny_embedder().save_pretrained(path)
@@ -55,8 +56,6 @@ def _payload(row: dict) -> str:
 def embed_corpus(cfg: Config, corpus: str, model_path: str) -> tuple[np.ndarray, pa.Table, list[dict]]:
     """Embed the corpus: (M, D) vectors, the M documents (DOCUMENTS_SCHEMA rows) and the quarantined rows."""
     import ray.data
-
-    from maple.models.batch_inference import EmbedColumns
 
     images = cfg.serve.corpus_modality == "image"
     ds = ray.data.read_parquet(corpus)
@@ -98,20 +97,16 @@ def build(cfg: Config) -> dict:
     manifest = {"embedder": cfg.serve.embedder or TINY_SOURCE, "embedder_id": card.id,
                 "embedder_version": card.version, "modality": cfg.serve.corpus_modality, "corpus": corpus,
                 "kind": index.kind, "quarantined": len(quarantined)}
-    # Written aside and moved into place: a server never loads a half-written index.
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_search_index(tmp, index, documents, manifest)
-    write_quarantine(quarantined, tmp, "index")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:  # written aside and moved into place: a server never loads a half-written index
+        save_search_index(tmp, index, documents, manifest)
+        write_quarantine(quarantined, tmp, "index")
     return {**manifest, "size": index.ntotal, "dim": index.dim, "path": str(out)}
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(argv, __doc__)
-    init_ray(cfg)
-    with mlflow_run(cfg, "index"):
+    init_ray(cfg.run)
+    with mlflow_run(cfg.run, "index", cfg):
         manifest = build(cfg)
         mlflow.log_metrics({"index_size": manifest["size"], "index_quarantined": manifest["quarantined"]})
         mlflow.log_dict(manifest, "index_manifest.json")

@@ -26,12 +26,19 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from jobs.common import init_ray, parse_config
+from jobs.common import train, world_dir
 from maple.config import Config
 from maple.data.long_text import write_long_texts
-from maple.eval.metrics import retrieval_metrics
+from maple.data.synth import synthesize
+from maple.eval.metrics import metric_name, retrieval_metrics
+from maple.models.batch_inference import EmbedColumns
 from maple.models.embedder import MANIFEST
-from maple.tracking import mlflow_run, model_dir
+from maple.models.families import build_embedder
+from maple.recipes.embedder import EmbedderTask
+from maple.recipes.mate import MateTask
+from maple.runtime import init_ray, parse_config
+from maple.stages.evaluate import embed_table
+from maple.tracking import mlflow_run, model_dir, tracking_uri
 
 TEXTS = ("caption", "long_caption", "document")
 MODELS = {"mate": "MATE (VLM image encoder + P → LLM embedder, chunked)",
@@ -40,10 +47,8 @@ MODELS = {"mate": "MATE (VLM image encoder + P → LLM embedder, chunked)",
 
 def prepare_world(cfg: Config) -> tuple[Path, Path]:
     """The synthetic world (synthesised where missing) and its long texts; both seed-independent and resumable."""
-    from maple.data.synth import synthesize
-
     out = Path(cfg.run.output_dir)
-    world = Path(cfg.eval.split_dir) if cfg.eval.split_dir else out / "world"
+    world = world_dir(cfg)
     if not (world / "world.json").exists():
         synthesize(cfg.world, world)
     long_texts = out / "mate" / "long_texts"
@@ -65,14 +70,12 @@ def finished(path: Path) -> bool:
 def train_stage(cfg: Config, task, datasets: dict, run_name: str, steps: int, parent_run_id: str,
                 register: bool = False) -> str:
     """One stage through the shared loop, its MLflow run tagged as a child of the parent; returns the model dir."""
-    from maple.train.loop import run_training
-
     out = Path(cfg.run.output_dir) / "mate" / "models" / run_name
     if finished(out):
         return str(out)
-    stage_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={
-        "steps": steps, "output": str(out), "register_name": run_name})}, deep=True)
-    result = run_training(stage_cfg, task, datasets, run_name=run_name, register=register)
+    stage_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": steps, "output": str(out)})},
+                               deep=True)
+    result = train(stage_cfg, task, datasets, run_name, register_name=run_name if register else "")
     # The loop opens the stage's run itself (one run per run_name, kept across resumes); the tag nests it in the UI.
     mlflow.MlflowClient().set_tag(result.mlflow_run_id, "mlflow.parentRunId", parent_run_id)
     return str(result.model_dir)
@@ -82,22 +85,18 @@ def train_vlm(cfg: Config, world: Path, parent_run_id: str) -> str:
     """The VLM and baseline: model.mate.vlm as given, else the tiny CLIP twin trained on the short captions."""
     import ray.data
 
-    from maple.train.tasks import EmbedderTask
-
     mate = cfg.model.mate
     if mate.vlm:
-        return model_dir(mate.vlm, cfg)
+        return model_dir(mate.vlm, tracking_uri(cfg.run))
     vlm_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={
         "family": "clip", "name_or_path": None, "max_text_tokens": mate.vlm_text_tokens})}, deep=True)
     datasets = {"train": ray.data.read_parquet(str(world / "train")), "val": ray.data.read_parquet(str(world / "val"))}
-    return train_stage(vlm_cfg, EmbedderTask(), datasets, f"{cfg.run.name}-vlm", mate.vlm_steps, parent_run_id,
-                       register=True)
+    task = EmbedderTask(vlm_cfg.model, vlm_cfg.train, vlm_cfg.eval, seed=cfg.run.seed)
+    return train_stage(vlm_cfg, task, datasets, f"{cfg.run.name}-vlm", mate.vlm_steps, parent_run_id, register=True)
 
 
 def init_model(cfg: Config, vlm_dir: str) -> str:
     """The untrained MATE model (VLM from vlm_dir, the LLM embedder, a random P of this seed), saved once."""
-    from maple.models.embedder import build_embedder
-
     out = Path(cfg.run.output_dir) / "mate" / "models" / f"{cfg.run.name}-init"
     if not finished(out):
         model_cfg = cfg.model.model_copy(update={"family": "mate", "name_or_path": None,
@@ -112,8 +111,6 @@ def llm_targets(cfg: Config, long_texts: Path, init_dir: str) -> Path:
     The LLM is frozen in every stage and identical in every seed's model (tests/mate check it bit for bit), so these
     vectors are also the trained models' text embeddings."""
     import ray.data
-
-    from maple.models.batch_inference import EmbedColumns
 
     out = long_texts.parent / "targets"
     for split in ("train", "val", "test"):
@@ -135,8 +132,6 @@ def train_mate(cfg: Config, targets: Path, init_dir: str, parent_run_id: str) ->
     returns the final model directory."""
     import ray.data
 
-    from maple.models.mate_task import MateTask
-
     mate = cfg.model.mate
     train, val = ray.data.read_parquet(str(targets / "train")), ray.data.read_parquet(str(targets / "val"))
     current = init_dir
@@ -145,7 +140,9 @@ def train_mate(cfg: Config, targets: Path, init_dir: str, parent_run_id: str) ->
         if steps == 0:  # a stage set to 0 steps is skipped (an ablation, or a VLM already aligned)
             continue
         data = train.limit(mate.stage2_pairs) if stage == "images" and mate.stage2_pairs else train
-        current = train_stage(cfg, MateTask(stage, current), {"train": data, "val": val},
+        task = MateTask(stage, current, mate, seed=cfg.run.seed, max_grad_norm=cfg.train.max_grad_norm,
+                        eval_batch_size=cfg.eval.batch_size)
+        current = train_stage(cfg, task, {"train": data, "val": val},
                               f"{cfg.run.name}-{stage}", steps, parent_run_id, register=stage == "images")
     return current
 
@@ -156,10 +153,9 @@ def long_text_metrics(cfg: Config, targets: Path, models: dict[str, str]) -> dic
     MATE's text vectors are the precomputed LLM vectors (see `llm_targets`); the baseline embeds every text through
     its own text encoder, which truncates at its window. Each model's images and texts come from one table, so rows
     stay aligned whatever order Ray Data returns them in."""
-    from jobs.evaluate import embed_table
-
-    frames = {"mate": embed_table(targets / "test", models["mate"], cfg, image_columns=("image",)),
-              "baseline": embed_table(targets / "test", models["baseline"], cfg, image_columns=("image",),
+    batch = cfg.eval.batch_size
+    frames = {"mate": embed_table(targets / "test", models["mate"], batch, image_columns=("image",)),
+              "baseline": embed_table(targets / "test", models["baseline"], batch, image_columns=("image",),
                                       text_columns=TEXTS)}
     out: dict[str, dict[str, float]] = {}
     for name, frame in frames.items():
@@ -199,7 +195,7 @@ def parent_run_id(cfg: Config) -> str:
     state = Path(cfg.run.output_dir) / "mate" / "parent_run.json"
     if state.exists():
         return json.loads(state.read_text())["mlflow_run_id"]
-    with mlflow_run(cfg, "mate", run_name=cfg.run.name) as run:
+    with mlflow_run(cfg.run, "mate", cfg, run_name=cfg.run.name) as run:
         run_id = run.info.run_id
     state.parent.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps({"mlflow_run_id": run_id}))
@@ -222,10 +218,10 @@ def run_mate(cfg: Config) -> dict:
     table = report_table(per_seed, int(per_seed[cfg.model.mate.seeds[0]]["mate"]["n_test"]))
     (out / "report.md").write_text("# MATE: image ⇄ long text retrieval\n\n" + table)
     (out / "metrics.json").write_text(json.dumps({str(s): m for s, m in per_seed.items()}, indent=1))
-    with mlflow_run(cfg, "mate", run_id=parent):
+    with mlflow_run(cfg.run, "mate", run_id=parent):
         for seed, by_model in per_seed.items():
             for name, metrics in by_model.items():
-                mlflow.log_metrics({f"seed{seed}/{name}/{k.replace('@', '_at_')}": v for k, v in metrics.items()})
+                mlflow.log_metrics({metric_name(f"seed{seed}/{name}/{k}"): v for k, v in metrics.items()})
         mlflow.log_artifact(str(out / "report.md"))
     print(table, flush=True)
     return {"report": str(out / "report.md"), "per_seed": per_seed, "models": models, "parent_run_id": parent}
@@ -233,7 +229,7 @@ def run_mate(cfg: Config) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(argv, __doc__)
-    init_ray(cfg)
+    init_ray(cfg.run)
     return run_mate(cfg)
 
 

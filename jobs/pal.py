@@ -10,68 +10,38 @@ evaluation job. Writes <run.output_dir>/pal/metrics.json and report.md.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import mlflow
 
-from jobs.common import init_ray, parse_config
+from jobs.common import evaluate, train, world_dir
 from maple.config import Config
-from maple.data.synth import synthesize
+from maple.data.features import FeatureTensors, feature_paths, read_features
 from maple.eval.report import to_markdown
 from maple.models.anchor import AnchorAligner
-from maple.models.feature_cache import FeatureTensors, cache_features, ensure_encoders, feature_paths, read_features
-from maple.models.pal_task import (PalTask, build_head, export_aligner, feature_cache_dir, train_head,
-                                   zero_shot_from_cache)
-from maple.tracking import mlflow_run
-
-log = logging.getLogger("maple.pal")
+from maple.recipes.pal import PalTask, feature_cache_dir, zero_shot_from_cache
+from maple.runtime import init_ray, parse_config
+from maple.stages.features import prepare_features
+from maple.tracking import log_metrics, mlflow_run
 
 
 def prepare(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) -> tuple[Path, Path]:
     """The world's splits and their cached token features: (world_dir, cache_dir). Finished shards are reused."""
-    world = Path(cfg.eval.split_dir or Path(cfg.run.output_dir) / "world")
-    if not all((world / s).exists() for s in splits):
-        synthesize(cfg.world, world)
-    cache = feature_cache_dir(cfg)
-    encoders = ensure_encoders(cfg.model, cache, seed=cfg.run.seed)
-    for split in splits:
-        report = cache_features(world / split, cache, split, encoders, batch_size=cfg.eval.batch_size)
-        log.info("feature cache %s: %d shards computed, %d reused, %d rows, %d quarantined", split,
-                 len(report["computed"]), len(report["skipped"]), report["rows"], report["quarantined"])
+    world, cache = world_dir(cfg), feature_cache_dir(cfg.model.pal, cfg.run.output_dir)
+    prepare_features(cfg.world, world, cfg.model, cache, splits, seed=cfg.run.seed, batch_size=cfg.eval.batch_size)
     return world, cache
 
 
-def train(cfg: Config, cache: Path) -> Path:
-    """Train the anchors from the cache; returns the exported aligner directory.
+def train_anchors(cfg: Config, cache: Path) -> Path:
+    """Train the anchors from the cache with the shared Ray Train + DeepSpeed loop (checkpoints, MLflow, registry);
+    returns the exported aligner directory."""
+    import ray.data
 
-    With `maple.train.loop` present: the shared Ray Train + DeepSpeed loop (checkpoints, MLflow, registry). Without
-    it: the same step in this process (`train_head`), exported and logged the same way.
-    """
-    try:
-        from maple.train.loop import run_training
-    except ImportError:
-        run_training = None
-    if run_training is not None:
-        import ray.data
-
-        # Workers build the head from the cache: give them an absolute path (their working directory differs).
-        cfg = cfg.model_copy(deep=True)
-        cfg.model.pal.feature_cache = str(Path(cache).resolve())
-        datasets = {split: ray.data.read_parquet(feature_paths(cache, split)) for split in ("train", "val")}
-        return Path(run_training(cfg, PalTask(), datasets, run_name=cfg.run.name).model_dir)
-    log.warning("maple.train.loop is not available: training the anchors in this process")
-    pal, out = cfg.model.pal, Path(cfg.train.output or Path(cfg.run.output_dir) / "models" / cfg.run.name)
-    table = read_features(cache, "train")
-    head = build_head("pal", table, pal.num_anchors, pal.tau_pool, cfg.run.seed, pal.anchor_init)
-    with mlflow_run(cfg, "pal_train", run_name=f"{cfg.run.name}-train"):
-        losses = train_head(head, FeatureTensors(table), cfg.train.steps, cfg.train.batch_size, cfg.train.lr, pal.tau,
-                            cfg.run.seed, cfg.train.weight_decay)
-        for step, loss in enumerate(losses):
-            mlflow.log_metric("loss", loss, step=step)
-        export_aligner(head, cache, out)
-    return out
+    # Workers read the cache: give them an absolute path (their working directory differs).
+    task = PalTask(cfg.model.pal, Path(cache).resolve(), seed=cfg.run.seed)
+    datasets = {split: ray.data.read_parquet(feature_paths(cache, split)) for split in ("train", "val")}
+    return Path(train(cfg, task, datasets, run_name=cfg.run.name).model_dir)
 
 
 def zero_shot(cfg: Config, model_dir: Path, cache: Path, split: str = "test") -> dict[str, float]:
@@ -86,20 +56,19 @@ def zero_shot(cfg: Config, model_dir: Path, cache: Path, split: str = "test") ->
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    from jobs.evaluate import evaluate
-
     cfg = parse_config(argv, __doc__)
     if cfg.model.family != "pal":
         raise SystemExit(f"jobs.pal trains model.family=pal (got {cfg.model.family!r}); use configs/pal.yaml")
-    init_ray(cfg)
+    init_ray(cfg.run)
     world, cache = prepare(cfg)
-    model_dir = train(cfg, cache)
+    model_dir = train_anchors(cfg, cache)
     out = Path(cfg.run.output_dir) / "pal"
     out.mkdir(parents=True, exist_ok=True)
-    with mlflow_run(cfg, "pal_evaluate", run_name=f"{cfg.run.name}-eval"):
+    with mlflow_run(cfg.run, "pal_evaluate", cfg, run_name=f"{cfg.run.name}-eval"):
         cfg.eval.split_dir = str(world)
-        metrics = {**evaluate(cfg, str(model_dir), model_dir.name), **zero_shot(cfg, model_dir, cache)}
-        mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items() if v == v})
+        metrics = {**evaluate(cfg, {model_dir.name: str(model_dir)})[model_dir.name],
+                   **zero_shot(cfg, model_dir, cache)}
+        log_metrics(metrics)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (out / "report.md").write_text(to_markdown(metrics, f"PAL: {model_dir}"))
         mlflow.log_artifacts(str(out), "pal")

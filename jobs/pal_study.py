@@ -19,11 +19,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from jobs.common import init_ray, parse_config
+from jobs.common import world_dir
 from maple.config import Config
+from maple.data.features import FeatureTensors, encoders_dir, read_features
+from maple.eval.metrics import metric_name
 from maple.models.anchor import AnchorAligner
-from maple.models.feature_cache import FeatureTensors, encoders_dir, read_features
-from maple.models.pal_task import build_head, retrieval_from_features, train_head, zero_shot_from_cache
+from maple.recipes.pal import build_head, feature_cache_dir, retrieval_from_features, train_head, zero_shot_from_cache
+from maple.runtime import init_ray, parse_config
+from maple.stages.features import prepare_features
 from maple.tracking import mlflow_run
 
 METHODS = {"pal": "PAL anchors", "linear": "linear projection"}
@@ -94,10 +97,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def study(cfg: Config, sizes: list[int], seeds: list[int], baseline_lr: float) -> dict:
-    from jobs.pal import prepare
-
     cfg.world.n_train = max(cfg.world.n_train, max(sizes))
-    _, cache = prepare(cfg, splits=("train", "test"))
+    cache = feature_cache_dir(cfg.model.pal, cfg.run.output_dir)
+    prepare_features(cfg.world, world_dir(cfg), cfg.model, cache, ("train", "test"), seed=cfg.run.seed,
+                     batch_size=cfg.eval.batch_size)
     table, test = read_features(cache, "train"), FeatureTensors(read_features(cache, "test"))
     if table.num_rows < max(sizes):
         raise ValueError(f"the cached train split has {table.num_rows} pairs but the study asks for {max(sizes)}; "
@@ -126,15 +129,15 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(rest, __doc__)
     sizes = [int(s) for s in own.sizes.split(",")]
     seeds = [cfg.run.seed + i for i in range(own.seeds)]
-    init_ray(cfg)
+    init_ray(cfg.run)
     out = Path(cfg.run.output_dir) / "pal_study"
     out.mkdir(parents=True, exist_ok=True)
-    with mlflow_run(cfg, "pal_study", run_name=f"{cfg.run.name}-pal-study"):
+    with mlflow_run(cfg.run, "pal_study", cfg, run_name=f"{cfg.run.name}-pal-study"):
         mlflow.log_params({"study.sizes": own.sizes, "study.seeds": own.seeds, "study.baseline_lr": own.baseline_lr})
         results = study(cfg, sizes, seeds, own.baseline_lr)
         for row in results["summary"]:
             for key in REPORTED:
-                mlflow.log_metric(f"{row['method']}_{key.replace('@', '_at_')}", row[key], step=row["size"])
+                mlflow.log_metric(metric_name(f"{row['method']}_{key}"), row[key], step=row["size"])
         (out / "results.json").write_text(json.dumps(results, indent=1))
         (out / "study.md").write_text(to_markdown(results["summary"], cfg, own.baseline_lr))
         plot(results["summary"], out / "study.png")

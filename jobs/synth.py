@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from jobs.common import parse_config
 from maple.data.synth import synthesize
+from maple.runtime import parse_config
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 
-from jobs.common import init_ray, parse_config
+from jobs.common import train
 from maple.config import Config
-from maple.train.loop import check_config, run_training
-from maple.train.tasks import EmbedderTask
+from maple.recipes.embedder import EmbedderTask
+from maple.runtime import init_ray, parse_config
+from maple.train.loop import check_config
 
 
 def input_paths(cfg: Config) -> dict[str, str]:
@@ -36,14 +37,18 @@ def input_paths(cfg: Config) -> dict[str, str]:
 
 def preflight(cfg: Config, paths: dict[str, str]) -> None:
     """Every check that can fail, before Ray starts: the config, the inputs' existence and their columns."""
-    check_config(cfg)
+    check_config(cfg.train)
     schemas = {}
     for name, path in paths.items():
         if "://" not in path and not Path(path).exists():
             raise ValueError(f"train input {name!r}: {path} does not exist (set train.input / train.val_input, or run "
                              f"jobs.synth / jobs.mine first)")
         schemas[name] = pads.dataset(path, format="parquet").schema
-    EmbedderTask().check(cfg, schemas)
+    task(cfg).check(schemas)
+
+
+def task(cfg: Config) -> EmbedderTask:
+    return EmbedderTask(cfg.model, cfg.train, cfg.eval, seed=cfg.run.seed)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,11 +59,11 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as exc:  # exit code 2 like parse_config's config errors
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
-    init_ray(cfg)
+    init_ray(cfg.run)
     import ray.data
 
     datasets = {name: ray.data.read_parquet(path) for name, path in paths.items()}
-    result = run_training(cfg, EmbedderTask(), datasets, run_name=f"{cfg.run.name}-train")
+    result = train(cfg, task(cfg), datasets, run_name=f"{cfg.run.name}-train")
     summary = {"model_dir": result.model_dir, "registry_uri": result.registry_uri,
                "mlflow_run_id": result.mlflow_run_id,
                "val_mean_r@1": result.metrics.get("val_mean_r_at_1"), "loss": result.metrics.get("loss")}

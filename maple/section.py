@@ -1,4 +1,8 @@
-"""The base of every config section (see `maple.config`)."""
+"""The base of every config section, and the `run` section that every job and the training loop read.
+
+Each package defines its own sections beside its code (`maple/<package>/config.py`); a component takes only its own
+section. `maple.config.Config` composes them all, and only the entrypoints (jobs/, serve/) hold the whole `Config`.
+"""
 
 from pydantic import BaseModel, ConfigDict
 
@@ -7,3 +11,14 @@ class Section(BaseModel):
     """Unknown keys are errors, not silently ignored typos; assignments are validated too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class RunConfig(Section):
+    """Where a job runs and where it writes."""
+
+    name: str = "maple"
+    output_dir: str = "runs/maple"
+    seed: int = 0
+    ray_address: str | None = None  # None: RAY_ADDRESS if set, else an embedded local cluster
+    mlflow_tracking_uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI overrides
+    mlflow_experiment: str = "maple"

@@ -25,9 +25,23 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from maple.serving.api import (Embedding, EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList, RerankRequest,
-                               RerankResponse, RerankResult, RerankUsage, SearchHit, SearchRequest, SearchResponse,
-                               Usage, encode_embedding, truncate_dimensions)
+from maple.serving.api import (
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelCard,
+    ModelList,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    RerankUsage,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+    Usage,
+    encode_embedding,
+    truncate_dimensions,
+)
 from maple.serving.config import ServeConfig
 from maple.serving.errors import ApiError
 from maple.serving.http import GuardSettings, RequestGuard, install_error_handlers
@@ -87,7 +101,7 @@ class Embedder:
 
 @serve.deployment(max_ongoing_requests=32)
 class Reranker:
-    """The reranker (`maple.rerank.model`): `score(query, candidates)` for each batched (query, candidates)."""
+    """The reranker (`maple.models.reranker`): `score(query, candidates)` for each batched (query, candidates)."""
 
     def __init__(self, spec: str | None, device: str | None, tracking_uri: str | None, max_batch_size: int,
                  batch_wait_timeout_s: float):
@@ -245,10 +259,10 @@ def build_app(args: dict | None = None) -> Application:
 
 def main(argv: list[str] | None = None) -> None:
     """`maple serve --config recipe.yaml serve.embedder=...`: the application on this machine's Ray, blocking."""
-    from jobs.common import init_ray, parse_config
+    from maple.runtime import init_ray, parse_config
 
     cfg = parse_config(argv, "Serve embeddings, reranking and search over HTTP (Ray Serve).")
-    init_ray(cfg)
+    init_ray(cfg.run)
     serve_blocking(cfg)
 
 

@@ -1,5 +1,6 @@
 """Shared fixtures: one local Ray for the whole session, a small synthetic world, a private MLflow store, and a
-`ray start --head` of a test's own for `ray job submit`."""
+`ray start --head` of a test's own for `ray job submit`. Fixtures of several test folders live in tests/fixtures/
+(registered below); a folder's own ones in its conftest."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["tests.fixtures.mate", "tests.fixtures.pal", "tests.fixtures.rerank", "tests.fixtures.serve",
+                  "tests.fixtures.train"]
 
 # Ray Train V2 polls workers every 2 s by default, which dominates short test runs.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")

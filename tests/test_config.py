@@ -47,11 +47,6 @@ def test_override_without_equals_is_rejected():
         load_config(None, ["train.lr"])
 
 
-def test_flat_dict_holds_every_resolved_key():
-    flat = load_config(None, ["train.lr=0.5"]).to_flat_dict()
-    assert flat["train.lr"] == "0.5" and "train.loss.rpa" in flat and "world.shapes" in flat
-
-
 def test_every_recipe_in_configs_loads():
     from pathlib import Path
 

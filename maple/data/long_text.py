@@ -26,16 +26,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from maple.data.files import atomic_path
+from maple.data.schema import LONG_TEXT_SCHEMA
 from maple.data.synth import Obj, Scene, relation_holds
-
-LONG_TEXT_SCHEMA = pa.schema([
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("image", pa.binary()),
-    pa.field("caption", pa.string(), nullable=False),  # the first short caption of the pair (the VLM's window fits)
-    pa.field("long_caption", pa.string(), nullable=False),
-    pa.field("document", pa.string(), nullable=False),
-    pa.field("annotation", pa.string()),  # the scene (Scene.to_json)
-])
 
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "centre", "right")
 RELATIONS = ("left of", "right of", "above", "below")
@@ -182,9 +175,7 @@ def write_long_texts(world_dir: str | Path, out_dir: str | Path, seed: int = 0,
             target = Path(out_dir) / split / shard.name
             if not target.exists():
                 rows = long_text_rows(pq.read_table(shard).to_pylist(), seed, **lengths)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(".tmp")
-                pq.write_table(pa.Table.from_pylist(rows, schema=LONG_TEXT_SCHEMA), tmp)
-                tmp.rename(target)  # a crash mid-write leaves no half shard that a re-run would skip
+                with atomic_path(target) as tmp:  # a crash mid-write leaves no half shard that a re-run would skip
+                    pq.write_table(pa.Table.from_pylist(rows, schema=LONG_TEXT_SCHEMA), tmp)
             counts[split] += pq.read_metadata(target).num_rows
     return counts

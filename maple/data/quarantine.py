@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from maple.data.files import atomic_path
 from maple.data.schema import QUARANTINE_SCHEMA
 
 QUARANTINE_DIR = "quarantine"
@@ -50,16 +51,10 @@ def write_quarantine(rows_or_dataset: Any, out_dir: str | Path, shard_name: str)
     so a crashed write never leaves a half shard that a resume would take as finished.
     """
     path = quarantine_path(out_dir, shard_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with pq.ParquetWriter(tmp, QUARANTINE_SCHEMA) as writer:
-            for table in _tables(rows_or_dataset):
-                if table.num_rows:
-                    writer.write_table(table)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, QUARANTINE_SCHEMA) as writer:
+        for table in _tables(rows_or_dataset):
+            if table.num_rows:
+                writer.write_table(table)
     return path
 
 

@@ -75,5 +75,48 @@ JUDGED_SCHEMA = pa.schema(
 )
 
 
+# The long texts of the MATE recipe (`maple.data.long_text`): one row per image with its short caption, a long
+# caption and a document, all true of the scene.
+LONG_TEXT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("image", pa.binary()),
+        pa.field("caption", pa.string(), nullable=False),  # the first short caption of the pair (the VLM's window fits)
+        pa.field("long_caption", pa.string(), nullable=False),
+        pa.field("document", pa.string(), nullable=False),
+        pa.field("annotation", pa.string()),  # the scene (Scene.to_json)
+    ]
+)
+
+# Frozen encoders' token features (PAL's feature cache, `maple.data.features`): one row per image-text pair.
+FEATURES_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("image_tokens", pa.list_(pa.float16()), nullable=False),  # (n, d_x) row-major; n·d_x values
+    pa.field("image_token_count", pa.int32(), nullable=False),  # n
+    pa.field("captions", pa.list_(pa.string()), nullable=False),
+    pa.field("caption_tokens", pa.list_(pa.list_(pa.float16())), nullable=False),  # per caption (m_j, d_y), real tokens
+    pa.field("caption_token_counts", pa.list_(pa.int32()), nullable=False),  # m_j
+    pa.field("source", pa.string(), nullable=True),  # the input shard
+    pa.field("annotation", pa.string(), nullable=True),  # the synthetic world's scene JSON (segmentation ground truth)
+])
+
+# A search index's documents (`maple.serving.search_index`): row i is the candidate at index position i.
+DOCUMENTS_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("text", pa.string(), nullable=True),  # text corpora
+    pa.field("image", pa.binary(), nullable=True),  # image corpora: encoded bytes (PNG/JPEG)
+    pa.field("payload", pa.string(), nullable=False),  # JSON object returned with each hit
+])
+
+# Between the mining stages (`maple.stages.mining`): the pairs' content by id, and one row per query.
+CONTENT_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("image", pa.binary()),
+                            pa.field("captions", pa.list_(pa.string())), pa.field("annotation", pa.string())])
+QUERY_SCHEMA = pa.schema([
+    pa.field("id", pa.string()), pa.field("direction", pa.string()), pa.field("query_id", pa.string()),
+    pa.field("query_emb", pa.list_(pa.float32())), pa.field("positive_id", pa.string()),
+    pa.field("positive_ids", pa.list_(pa.string())), pa.field("shard", pa.string()),
+])
+
+
 def empty_table(schema: pa.Schema) -> pa.Table:
     return schema.empty_table()

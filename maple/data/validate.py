@@ -1,6 +1,6 @@
 """Validation of image-text pairs: split a batch into rows that conform to PAIRS_SCHEMA and quarantine rows.
 
-A pure batch function (no Ray): `validate_pairs(batch, cfg, stage)` is what `maple.data.readers.validated` maps over
+A pure batch function (no Ray): `validate_pairs(batch, cfg, stage)` is what `maple.stages.read.validated` maps over
 a Ray Dataset, and it runs the same on a dict of Python lists in a test or a notebook. It never raises on bad data:
 every input row comes out exactly once, either good or quarantined with a reason.
 

@@ -5,6 +5,8 @@ Conventions: embeddings are L2-normalised, so a similarity is a dot product; hig
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from scipy.stats import wasserstein_distance
 
@@ -83,3 +85,8 @@ def similarity_separation(image_emb: np.ndarray, text_emb: np.ndarray, text_to_i
     pos, neg = sim[matched], sim[~matched]
     return {"w1_matched_unmatched": float(wasserstein_distance(pos, neg)), "matched_mean": float(pos.mean()),
             "unmatched_mean": float(neg.mean())}
+
+
+def metric_name(key: str) -> str:
+    """A metric key as MLflow accepts it (letters, digits and `_-. :/` only): "t2i_r@1" -> "t2i_r_at_1"."""
+    return re.sub(r"[^\w\-. :/]", "_", key.replace("@", "_at_"))

@@ -30,20 +30,28 @@ def compositional_report(negative_types: list[str], held_out: np.ndarray, image_
     scores = compositional_scores(
         _dot(image_emb, caption_emb), _dot(image_emb, negative_caption_emb),
         _dot(negative_image_emb, caption_emb), _dot(negative_image_emb, negative_caption_emb))
+    return compositional_breakdown(scores, negative_types, held_out, "comp")
+
+
+def compositional_breakdown(scores: dict[str, np.ndarray], negative_types: list[str], held_out: np.ndarray,
+                            prefix: str) -> dict[str, float]:
+    """Per-row `compositional_scores` -> `<prefix>_{all|held_out}_accuracy`, and per negative type
+    `<prefix>_{subset}_{type}_accuracy` plus the Winoground `_text` / `_image` / `_group` scores where any row of the
+    type has the negative caption's image (NaN rows skipped)."""
     types = np.asarray(negative_types)
     held_out = np.asarray(held_out, dtype=bool)
     out: dict[str, float] = {}
     for name, subset in (("all", np.ones_like(held_out)), ("held_out", held_out)):
         if not subset.any():
             continue
-        out[f"comp_{name}_accuracy"] = float(scores["accuracy"][subset].mean())
+        out[f"{prefix}_{name}_accuracy"] = float(scores["accuracy"][subset].mean())
         for t in sorted(set(types[subset])):
             rows = subset & (types == t)
-            out[f"comp_{name}_{t}_accuracy"] = float(scores["accuracy"][rows].mean())
+            out[f"{prefix}_{name}_{t}_accuracy"] = float(scores["accuracy"][rows].mean())
             for kind in ("text", "image", "group"):
                 values = scores[kind][rows]
                 if not np.isnan(values).all():
-                    out[f"comp_{name}_{t}_{kind}"] = float(np.nanmean(values))
+                    out[f"{prefix}_{name}_{t}_{kind}"] = float(np.nanmean(values))
     return out
 
 

@@ -29,17 +29,14 @@ module's parameters in the optimizer.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from maple.losses.config import LossConfig
 from maple.losses.infonce import MAX_LOGIT_SCALE, infonce_loss
 from maple.losses.rpa import rpa_listwise_loss, rpa_pairwise_loss
 from maple.losses.soft_label import soft_label_kl_loss
-
-if TYPE_CHECKING:  # maple.train imports maple.losses; a runtime import here would be circular
-    from maple.train.config import LossConfig
 
 _JUDGED_COLUMNS = "positive_score, hard_negative_scores"
 

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoModel, ViTConfig, ViTImageProcessorPil, ViTModel
 
 from maple.losses.anchor import anchor_embedding, relative_representation
+from maple.models.checkpoint import save_hf_parts
 from maple.models.config import ModelConfig
 from maple.models.embedder import MANIFEST, Embedder, normalise
 from maple.models.text_tower import TextTower
@@ -203,13 +204,8 @@ class AnchorAligner(Embedder):
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
-        self.image_encoder.save_pretrained(path / "image_encoder", safe_serialization=True)
-        self.image_processor.save_pretrained(path / "image_encoder")
-        self.text_tower.model.save_pretrained(path / "text_encoder", safe_serialization=True)
-        self.text_tower.tokenizer.save_pretrained(path / "text_encoder")
-        # TextTower reads its window from sentence-transformers' file; keep the same window after a reload.
-        (path / "text_encoder" / "sentence_bert_config.json").write_text(
-            json.dumps({"max_seq_length": self.text_tower.window}))
+        save_hf_parts(path / "image_encoder", self.image_encoder, image_processor=self.image_processor)
+        self.text_tower.save_pretrained(path / "text_encoder")
         self.save_anchors(path)
         self._write_manifest(path)
 

@@ -8,10 +8,10 @@ job can quarantine it.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from maple.data.images import ImageError, decode_image
-from maple.models.embedder import load_embedder
+from maple.models.checkpoint import resolve_device
+from maple.models.families import load_embedder
 
 
 class EmbedColumns:
@@ -25,7 +25,7 @@ class EmbedColumns:
 
     def __init__(self, model_path: str | dict[str, str], image_columns: tuple[str, ...] = (), text_columns: tuple[str, ...] = (),
                  text_list_columns: tuple[str, ...] = (), batch_size: int = 64, device: str | None = None):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         paths = model_path if isinstance(model_path, dict) else {"": model_path}
         self.models = {name: load_embedder(path).to(self.device).eval() for name, path in paths.items()}
         self.image_columns, self.text_columns = tuple(image_columns), tuple(text_columns)

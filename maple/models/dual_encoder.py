@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import (AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, SiglipConfig,
-                          SiglipImageProcessorPil, SiglipModel)
+from transformers import (
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    SiglipConfig,
+    SiglipImageProcessorPil,
+    SiglipModel,
+)
 
+from maple.models.checkpoint import read_manifest, save_hf_parts
 from maple.models.config import ModelConfig
 from maple.models.embedder import MANIFEST, Embedder, normalise
 from maple.models.tokenizer import build_word_tokenizer
@@ -20,12 +27,20 @@ FAMILIES = {
     "siglip": (SiglipModel, SiglipConfig, SiglipImageProcessorPil),
 }
 CLIP_MEAN, CLIP_STD = [0.4815, 0.4578, 0.4082], [0.2686, 0.2613, 0.2758]
+# Parameter-name prefixes of each tower inside CLIPModel / SiglipModel, for train.trainable.
+TOWERS = {
+    "clip": {"text": ("text_model.", "text_projection."), "image": ("vision_model.", "visual_projection."),
+             "projections": ("text_projection.", "visual_projection.")},
+    "siglip": {"text": ("text_model.",), "image": ("vision_model.",),
+               "projections": ("text_model.head.", "vision_model.head.")},
+}
 
 
 class DualEncoder(Embedder):
     """Separate image and text towers with projections into one space (CLIPModel / SiglipModel)."""
 
     family = "clip"
+    lora_targets = ["q_proj", "k_proj", "v_proj", "out_proj"]  # the towers' attention projections (peft)
 
     def __init__(self, model: CLIPModel | SiglipModel, tokenizer, image_processor, family: str,
                  max_text_tokens: int = 64):
@@ -33,6 +48,11 @@ class DualEncoder(Embedder):
         self.model, self.tokenizer, self.image_processor = model, tokenizer, image_processor
         self.family = family  # type: ignore[misc]  # instance-level: one class serves both families
         self.max_text_tokens = max_text_tokens
+
+    @property
+    def towers(self) -> dict[str, tuple[str, ...]]:
+        """Parameter-name prefixes of "text", "image" and "projections" in `self.model` (`train.trainable`)."""
+        return TOWERS[self.family]
 
     @property
     def embedding_dim(self) -> int:
@@ -84,16 +104,15 @@ class DualEncoder(Embedder):
         return {"family": self.family, "max_text_tokens": self.max_text_tokens}
 
     def save_pretrained(self, path: str | Path) -> None:
-        path = Path(path)
-        self.model.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
-        self.image_processor.save_pretrained(path)
-        self._write_manifest(path)
+        save_hf_parts(path, self.model, self.tokenizer, self.image_processor)
+        self._write_manifest(Path(path))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, cfg: ModelConfig | None = None) -> "DualEncoder":
-        manifest_path = Path(path) / MANIFEST
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        """A maple dual-encoder directory, or a CLIP / SigLIP checkpoint by name or path (family from `cfg`)."""
+        manifest = read_manifest(path, MANIFEST)
+        if manifest.get("family", "clip") not in FAMILIES:
+            raise ValueError(f"{path} holds a maple {manifest['family']!r} model, not a dual encoder (CLIP / SigLIP)")
         family = manifest.get("family") or (cfg.family if cfg else "clip")
         max_tokens = manifest.get("max_text_tokens") or (cfg.max_text_tokens if cfg else 64)
         remote = bool(cfg and cfg.trust_remote_code)

@@ -1,4 +1,4 @@
-"""The one `Embedder` interface every model family implements, and loading by family.
+"""The one `Embedder` interface every model family implements (`maple.models.families` builds and loads them).
 
 An embedder maps images and texts to L2-normalised vectors in one space:
 
@@ -8,13 +8,11 @@ An embedder maps images and texts to L2-normalised vectors in one space:
 - `encode_texts(texts)`, `encode_images(images) -> (N, D)` are the no-grad conveniences for evaluation and serving.
 
 A saved embedder is a directory: `maple_embedder.json` (family + settings) beside the Hugging Face files (weights as
-safetensors, tokenizer, image processor). `load_embedder` reads it back; a plain Hugging Face checkpoint (name or path
-without that file) loads when the family is given.
+safetensors, tokenizer, image processor); `maple.models.families.load_embedder` reads it back.
 """
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,15 +22,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from maple.models.checkpoint import EMBEDDER_MANIFEST, write_manifest
 from maple.models.config import ModelConfig
 
-MANIFEST = "maple_embedder.json"
+MANIFEST = EMBEDDER_MANIFEST
 
 
 class Embedder(nn.Module, ABC):
     """Base of every family. Subclasses set `family` and implement the abstract methods."""
 
     family: ClassVar[str] = ""
+    lora_targets: ClassVar[list[str]] = []  # module names peft wraps for LoRA / DoRA (`maple.models.lora`)
 
     # --- the interface ------------------------------------------------------------------------------------------
     @abstractmethod
@@ -70,8 +70,7 @@ class Embedder(nn.Module, ABC):
         return {"family": self.family}
 
     def _write_manifest(self, path: Path, **extra: Any) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / MANIFEST).write_text(json.dumps({**self.manifest(), **extra}, indent=1))
+        write_manifest(path, MANIFEST, {**self.manifest(), **extra})
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -103,55 +102,3 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.float(), dim=-1)
-
-
-# --- families ------------------------------------------------------------------------------------------------------
-
-
-def _families() -> dict[str, type[Embedder]]:
-    # Imported here so that a family's heavy imports load only when that family is used.
-    from maple.models.dual_encoder import DualEncoder
-
-    families: dict[str, type[Embedder]] = {"clip": DualEncoder, "siglip": DualEncoder}
-    try:
-        from maple.models.mllm import MLLMEmbedder
-
-        families["qwen2vl"] = MLLMEmbedder
-    except ImportError:
-        pass
-    for name, module, cls in (("pal", "maple.models.anchor", "AnchorAligner"), ("mate", "maple.models.mate",
-                                                                               "MateEmbedder")):
-        try:
-            families[name] = getattr(__import__(module, fromlist=[cls]), cls)
-        except (ImportError, AttributeError):
-            pass
-    return families
-
-
-def embedder_class(family: str) -> type[Embedder]:
-    families = _families()
-    if family not in families:
-        raise ValueError(f"unknown model family {family!r}; known: {sorted(families)}")
-    return families[family]
-
-
-def build_embedder(cfg: ModelConfig, seed: int = 0) -> Embedder:
-    """The configured embedder: a checkpoint by name or path, or the family's tiny random twin when none is given."""
-    cls = embedder_class(cfg.family)
-    if cfg.name_or_path:
-        return load_embedder(cfg.name_or_path, cfg)
-    torch.manual_seed(seed)
-    return cls.tiny(cfg)  # type: ignore[attr-defined]
-
-
-def load_embedder(path: str | Path, cfg: ModelConfig | None = None) -> Embedder:
-    """Load a saved maple embedder directory, or a Hugging Face checkpoint of `cfg.family` by name or path."""
-    manifest_path = Path(path) / MANIFEST
-    if manifest_path.exists():
-        family = json.loads(manifest_path.read_text())["family"]
-    elif cfg is not None:
-        family = cfg.family
-    else:
-        raise FileNotFoundError(
-            f"{path} has no {MANIFEST}; pass a ModelConfig naming the family to load a Hugging Face checkpoint")
-    return embedder_class(family).from_pretrained(path, cfg)

@@ -27,7 +27,7 @@ from torch import nn
 
 from maple.models.config import ModelConfig
 from maple.models.dual_encoder import DualEncoder
-from maple.models.embedder import MANIFEST, Embedder, load_embedder, normalise
+from maple.models.embedder import MANIFEST, Embedder, normalise
 from maple.models.text_tower import TextTower
 
 PROJECTION_FILE = "projection.safetensors"
@@ -151,9 +151,8 @@ class MateEmbedder(Embedder):
         mate = cfg.mate
         vlm_cfg = cfg.model_copy(update={"family": "clip", "max_text_tokens": mate.vlm_text_tokens,
                                          "name_or_path": mate.vlm})
-        vlm = load_embedder(mate.vlm, vlm_cfg) if mate.vlm else DualEncoder.tiny(vlm_cfg)
-        if not isinstance(vlm, DualEncoder):
-            raise ValueError(f"model.mate.vlm {mate.vlm!r} is a {type(vlm).__name__}; MATE needs a dual encoder (CLIP)")
+        # A dual encoder (CLIP) only: from_pretrained refuses a saved maple model of another family.
+        vlm = DualEncoder.from_pretrained(mate.vlm, vlm_cfg) if mate.vlm else DualEncoder.tiny(vlm_cfg)
         llm = TextTower(mate.llm)
         projection = Projection(vlm.embedding_dim, llm.dim, mate.projection, mate.projection_hidden)
         return cls(vlm, llm, projection, mate.chunk_overlap)
@@ -168,9 +167,7 @@ class MateEmbedder(Embedder):
         path = Path(path)
         self.merge_lora()
         self.vlm.save_pretrained(path / "vlm")
-        self.llm.model.save_pretrained(path / "llm", safe_serialization=True)
-        self.llm.tokenizer.save_pretrained(path / "llm")
-        (path / "llm" / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.llm.window}))
+        self.llm.save_pretrained(path / "llm")
         save_file({k: v.detach().cpu().contiguous() for k, v in self.projection.state_dict().items()},
                   str(path / PROJECTION_FILE))
         self._write_manifest(path)

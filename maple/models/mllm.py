@@ -13,17 +13,23 @@ The embedding is the final layer's state at the last real token (pooling "last")
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import (AutoImageProcessor, AutoModel, AutoTokenizer, Qwen2VLConfig, Qwen2VLImageProcessorPil,
-                          Qwen2VLModel)
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoTokenizer,
+    Qwen2VLConfig,
+    Qwen2VLImageProcessorPil,
+    Qwen2VLModel,
+)
 
+from maple.models.checkpoint import read_manifest, save_hf_parts
 from maple.models.config import ModelConfig
 from maple.models.embedder import MANIFEST, Embedder, normalise
-from maple.models.tokenizer import build_word_tokenizer, world_words
+from maple.models.tokenizer import build_word_tokenizer, vocabulary
 
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
 IMAGE_PROMPT = f"{VISION_START}{IMAGE_PAD}{VISION_END}\nSummarize above image in one word:"
@@ -78,6 +84,7 @@ class MLLMEmbedder(Embedder):
     """
 
     family = "qwen2vl"
+    lora_targets = LORA_TARGET_MODULES
 
     def __init__(self, model: Qwen2VLModel, tokenizer, image_processor, pooling: str = "last",
                  bidirectional: bool = False, max_text_tokens: int = 64, image_prompt: str = IMAGE_PROMPT,
@@ -145,7 +152,7 @@ class MLLMEmbedder(Embedder):
         t = cfg.tiny
         max_image_tokens = (cfg.image_size // (t.patch_size * MERGE_SIZE)) ** 2
         max_positions = cfg.max_text_tokens + max_image_tokens + 32  # + the prompt's own tokens
-        tokenizer = build_word_tokenizer([*world_words(), *PROMPT_WORDS], max_length=max_positions,
+        tokenizer = build_word_tokenizer([*vocabulary(), *PROMPT_WORDS], max_length=max_positions,
                                          special_tokens=[VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD])
         ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in (VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)}
         # M-RoPE splits the rotary half-dimension into (temporal, height, width) sections, 1 : 1.5 : 1.5 as Qwen2-VL's
@@ -176,11 +183,8 @@ class MLLMEmbedder(Embedder):
                 "text_prompt": self.text_prompt}
 
     def save_pretrained(self, path: str | Path) -> None:
-        path = Path(path)
-        self.model.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
-        self.image_processor.save_pretrained(path)
-        self._write_manifest(path)
+        save_hf_parts(path, self.model, self.tokenizer, self.image_processor)
+        self._write_manifest(Path(path))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, cfg: ModelConfig | None = None) -> "MLLMEmbedder":
@@ -189,8 +193,7 @@ class MLLMEmbedder(Embedder):
         A `Qwen2VLForConditionalGeneration` checkpoint (e.g. Qwen/Qwen2-VL-2B-Instruct) loads into the base model;
         its LM head is not needed for embeddings and is dropped.
         """
-        manifest_path = Path(path) / MANIFEST
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        manifest = read_manifest(path, MANIFEST)
         cfg = cfg or ModelConfig(family="qwen2vl")
         settings = {"pooling": cfg.pooling, "bidirectional": cfg.bidirectional, "max_text_tokens": cfg.max_text_tokens,
                     "image_prompt": IMAGE_PROMPT, "text_prompt": TEXT_PROMPT}

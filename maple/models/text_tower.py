@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from maple.models.checkpoint import save_hf_parts
 from maple.models.embedder import normalise
 
 
@@ -65,6 +66,11 @@ class TextTower(nn.Module):
     @property
     def dim(self) -> int:
         return self.model.config.hidden_size
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Weights, tokenizer and the window (sentence-transformers' file, which `__init__` reads back)."""
+        save_hf_parts(path, self.model, self.tokenizer)
+        (Path(path) / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.window}))
 
     @property
     def device(self) -> torch.device:

@@ -1,7 +1,8 @@
 """A word-level tokenizer for the tiny random twins (tests, CPU demo), built offline from a word list.
 
-Real checkpoints bring their own tokenizer; the twins need one that loads without a hub and covers the synthetic
-world's closed vocabulary exactly (a word outside it maps to [UNK]).
+Real checkpoints bring their own tokenizer; the twins need one that loads without a hub. Its vocabulary is a fixed
+list that covers the synthetic world's default grammar (shapes, colours, sizes, relations) and the prompts around
+it; a word outside it maps to [UNK]. A world with other words passes them as `words`.
 """
 
 from __future__ import annotations
@@ -9,11 +10,9 @@ from __future__ import annotations
 from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from maple.data.config import WorldConfig
-
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
 # Words of the world's grammar and of the prompts around it; a small general list keeps other text from collapsing
-# entirely to [UNK].
+# entirely to [UNK]. The ids follow this order: changing it changes every tiny twin's embedding table.
 GENERAL_WORDS = (
     "a an and the of is are to in on with there at near next by it its this that these those one two three "
     "image picture photo caption query candidate document text shows showing contains object objects scene background "
@@ -25,13 +24,10 @@ GENERAL_WORDS = (
 ).split()
 
 
-def world_words(world: WorldConfig | None = None) -> list[str]:
-    world = world or WorldConfig()
-    words = list(GENERAL_WORDS)
-    for item in [*world.shapes, *world.colours, *world.sizes, *world.relations]:
-        words.extend(item.split())
+def vocabulary(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The twins' words: `GENERAL_WORDS`, then `extra` (each split on spaces), lower-cased, first occurrence kept."""
     seen: dict[str, None] = {}
-    for w in words:
+    for w in [*GENERAL_WORDS, *(word for item in extra for word in item.split())]:
         seen.setdefault(w.lower(), None)
     return list(seen)
 
@@ -44,7 +40,7 @@ def build_word_tokenizer(words: list[str] | None = None, max_length: int = 64,
     lower-casing and the split, so `<|image_pad|><|image_pad|>` is two tokens, not punctuation.
     """
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for w in [*(words or world_words()), *(special_tokens or [])]:
+    for w in [*(words or vocabulary()), *(special_tokens or [])]:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()

@@ -13,10 +13,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maple.models.config import ModelConfig
-from maple.models.embedder import Embedder, build_embedder, load_embedder
+from maple.models.checkpoint import resolve_device
+from maple.models.config import ModelConfig, RerankerConfig
+from maple.models.embedder import Embedder
+from maple.models.families import build_embedder, build_reranker, load_embedder, load_reranker
 from maple.serving.api import ModelCard
 from maple.serving.inputs import Content
+from maple.tracking import model_dir
 
 TINY_SOURCE = "tiny-random"
 TINY_SEED = 0  # the server and jobs/index.py must build the same twin for the demo's queries to match its index
@@ -56,21 +59,11 @@ def _alias_version(name: str, alias: str, tracking_uri: str | None) -> str | Non
 def local_model_dir(spec: str, tracking_uri: str | None = None) -> str:
     """A directory for a spec: the directory itself, or the registry download (`maple.tracking.model_dir`)."""
     if spec.startswith(("models:/", "runs:/")):
-        import mlflow
-
-        from maple.tracking import model_dir
-
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-        return model_dir(spec)
+        return model_dir(spec, tracking_uri)
     if not Path(spec).is_dir():
         raise FileNotFoundError(f"model {spec!r} is neither a directory nor a models:/ URI; pass a checkpoint "
                                 "directory written by save_pretrained or a registered models:/name/version")
     return spec
-
-
-def resolve_device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def load_served_embedder(spec: str | None, device: str | None = None,
@@ -83,18 +76,8 @@ def load_served_embedder(spec: str | None, device: str | None = None,
 
 
 def load_served_reranker(spec: str | None, device: str | None = None, tracking_uri: str | None = None):
-    """The reranker (`maple.rerank.model`): an object with `score(query, candidates) -> list[float]`."""
-    from maple.rerank.config import RerankerConfig
-    from maple.rerank.model import build_reranker, load_reranker
-
-    if spec is None:
-        model = build_reranker(RerankerConfig())
-    else:
-        if spec.startswith(("models:/", "runs:/")) and tracking_uri:
-            import mlflow
-
-            mlflow.set_tracking_uri(tracking_uri)
-        model = load_reranker(spec)
+    """The reranker (`maple.models.reranker`): an object with `score(query, candidates) -> list[float]`."""
+    model = build_reranker(RerankerConfig()) if spec is None else load_reranker(local_model_dir(spec, tracking_uri))
     model = model.to(resolve_device(device)).eval()
     return model, model_card(spec, "rerank", tracking_uri, tiny_id=f"maple-tiny-{model.kind.replace('_', '-')}")
 

@@ -17,14 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from maple.data.schema import DOCUMENTS_SCHEMA
 from maple.retrieval.index import VectorIndex
 
-DOCUMENTS_SCHEMA = pa.schema([
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("text", pa.string(), nullable=True),  # text corpora
-    pa.field("image", pa.binary(), nullable=True),  # image corpora: encoded bytes (PNG/JPEG)
-    pa.field("payload", pa.string(), nullable=False),  # JSON object returned with each hit
-])
 DOCUMENTS_FILE = "documents.parquet"
 MANIFEST_FILE = "manifest.json"
 

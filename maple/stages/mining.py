@@ -1,419 +1,175 @@
-"""The mining job's Ray Data stages: batch functions and callable classes over Arrow batches, and the driver-side
-writer of the per-shard output. The rules themselves are pure functions in `maple.mining.rules`; the judges in
-`maple.judge`. Ray only places this work (ARCHITECTURE.md: pairs → embed → retrieve → judge → mine).
+"""The mining pipeline (ARCHITECTURE.md: pairs → embed → retrieve → judge → mine) as Ray Data stages.
 
-Ids: an image is named by its pair id, a caption by `<pair id>#<caption index>`; an output row by
-`<query id>:<direction>`. Directions: `t2i` (a caption queries the images; its positive is its pair's image) and
-`i2t` (an image queries the captions; its positive is its first caption, and all its captions are positives, so
-none of them is ever a negative).
-
-Flow of one query row: `query_rows` (embedding, positive) → `retrieve_candidates` (top-K ids and cosines) →
-`JudgeQueries` (the positive, then the K candidates, scored together so a query's prompts share a prefix) →
-`mine_queries` (JUDGED_SCHEMA columns, or a quarantine reason) → `ShardWriter` on the driver.
+Ray Data streams the pairs → embed (actor pool, current embedder) → global top-K retrieval (faiss) in each direction
+→ judge every (query, candidate) and (query, positive) pair (`maple.judge`, an actor pool) → UniME-V2 mining
+(`maple.mining.rules`) → Parquet shards named by input shard (JUDGED_SCHEMA), quarantine beside them
+(`maple.stages.shards`). The steps themselves are in `maple.stages.mine_steps`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import signal
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from maple.data.quarantine import write_quarantine
-from maple.data.schema import JUDGED_SCHEMA, QUARANTINE_SCHEMA
-from maple.mining.rules import mine_batch
-
-DIRECTIONS = ("t2i", "i2t")
-JUDGED_DIR = "judged"
-# Columns that travel with a row through the stages besides JUDGED_SCHEMA's; dropped by the writer.
-SHARD = "shard"
-REASON = "_quarantine_reason"
-TIMING = ("_retrieve_s", "_judge_s", "_judge_pairs", "_mine_s")
-
-
-def caption_id(pair_id: str, index: int) -> str:
-    return f"{pair_id}#{index}"
-
-
-def pair_of(item_id: str) -> str:
-    """The pair id of an image id or a caption id."""
-    return item_id.rsplit("#", 1)[0] if "#" in item_id else item_id
-
-
-def shard_name(source: str) -> str:
-    """The input shard a row came from (its Parquet file's stem): the unit of output and of resume."""
-    return Path(str(source)).name.removesuffix(".parquet")
-
-
-# --- content ------------------------------------------------------------------------------------------------------
-
-CONTENT_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("image", pa.binary()),
-                            pa.field("captions", pa.list_(pa.string())), pa.field("annotation", pa.string())])
-
-
-class ContentStore:
-    """The pairs' content by id (image bytes, captions, the synthetic world's annotation), for the stages after
-    retrieval: judge inputs and the hard negatives' content. Built from a CONTENT_SCHEMA table."""
-
-    def __init__(self, table: pa.Table):
-        self.table = table
-        self.row = {pid: i for i, pid in enumerate(table["id"].to_pylist())}
-        self.captions = table["captions"].to_pylist()
-        self.annotations = table["annotation"].to_pylist()
-
-    def image(self, pair_id: str) -> bytes:
-        return self.table["image"][self.row[pair_id]].as_py()
-
-    def annotation(self, pair_id: str) -> str | None:
-        return self.annotations[self.row[pair_id]]
-
-    def caption(self, item_id: str) -> str:
-        pair, index = item_id.rsplit("#", 1)
-        return self.captions[self.row[pair]][int(index)]
-
-    def side(self, item_id: str, is_image: bool) -> dict[str, Any]:
-        """A judge pair side: an image (bytes + annotation) or a caption."""
-        if is_image:
-            return {"text": None, "image": self.image(item_id), "annotation": self.annotation(item_id)}
-        return {"text": self.caption(item_id), "image": None, "annotation": None}
-
-
-_CACHE: dict[str, Any] = {}
-
-
-def _cached(key: str, ref: Any, build) -> Any:
-    """One deserialisation per worker process of an object-store value (the content store, the indexes)."""
-    if key not in _CACHE:
-        import ray
-
-        if len(_CACHE) > 8:  # a long-lived worker of several jobs: keep only recent values
-            _CACHE.clear()
-        _CACHE[key] = build(ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref)
-    return _CACHE[key]
-
-
-def _store(ref: Any) -> ContentStore:
-    return _cached(f"store:{getattr(ref, 'hex', lambda: id(ref))()}", ref, ContentStore)
-
-
-# --- embedding ----------------------------------------------------------------------------------------------------
-
-
-class EmbedPairs:
-    """Ray Data callable class: `EmbedColumns` over a pair's image and captions, returned as an Arrow table with
-    explicit types (`image_emb` list<float32>, `captions_emb` list<list<float32>>). Numpy output would become Ray
-    tensor columns whose type depends on the batch (fixed shape when every pair has as many captions, variable
-    otherwise), which Ray cannot unify across blocks."""
-
-    def __init__(self, model_path: str, batch_size: int):
-        from maple.models.batch_inference import EmbedColumns
-
-        self.embed = EmbedColumns(model_path, image_columns=("image",), text_list_columns=("captions",),
-                                  batch_size=batch_size)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        out = self.embed(batch)
-        return pa.table({
-            "id": pa.array([str(x) for x in out["id"]], pa.string()),
-            "source": pa.array([str(x) for x in out["source"]], pa.string()),
-            "image": pa.array([bytes(x) for x in out["image"]], pa.binary()),
-            "captions": pa.array([[str(c) for c in caps] for caps in out["captions"]], pa.list_(pa.string())),
-            "annotation": pa.array([None if x is None else str(x) for x in out["annotation"]], pa.string()),
-            "image_error": pa.array([str(x) for x in out["image_error"]], pa.string()),
-            "image_emb": pa.array(list(np.asarray(out["image_emb"], np.float32)), pa.list_(pa.float32())),
-            "captions_emb": pa.array([np.asarray(e, np.float32).tolist() for e in out["captions_emb"]],
-                                     pa.list_(pa.list_(pa.float32()))),
-        })
-
-
-# --- queries ------------------------------------------------------------------------------------------------------
-
-QUERY_SCHEMA = pa.schema([
-    pa.field("id", pa.string()), pa.field("direction", pa.string()), pa.field("query_id", pa.string()),
-    pa.field("query_emb", pa.list_(pa.float32())), pa.field("positive_id", pa.string()),
-    pa.field("positive_ids", pa.list_(pa.string())), pa.field(SHARD, pa.string()),
-])
-
-
-def query_rows(pair_ids: list[str], image_emb: np.ndarray, caption_embs: list[np.ndarray], shards: list[str],
-               directions: tuple[str, ...] | list[str]) -> pa.Table:
-    """The queries of N pairs: one t2i query per caption and one i2t query per image (QUERY_SCHEMA).
-
-    image_emb: (N, D) float32; caption_embs: N arrays (n_i, D), one row per caption of pair i.
-    """
-    rows: dict[str, list] = {name: [] for name in QUERY_SCHEMA.names}
-
-    def add(row_id, direction, query_id, emb, positive_id, positive_ids, shard):
-        for name, value in zip(QUERY_SCHEMA.names, (row_id, direction, query_id, emb.astype(np.float32),
-                                                    positive_id, positive_ids, shard)):
-            rows[name].append(value)
-
-    for pid, img, caps, shard in zip(pair_ids, image_emb, caption_embs, shards):
-        cids = [caption_id(pid, j) for j in range(len(caps))]
-        if "t2i" in directions:
-            for cid, emb in zip(cids, caps):
-                add(f"{cid}:t2i", "t2i", cid, emb, pid, [pid], shard)
-        if "i2t" in directions:
-            add(f"{pid}:i2t", "i2t", pid, img, cids[0], cids, shard)
-    return pa.Table.from_pydict(rows, schema=QUERY_SCHEMA)
-
-
-def _matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A list<float32> column of N equal-length lists -> (N, D) float32."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(column)
-    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32)
-    return flat.reshape(n, -1) if n else np.zeros((0, 0), np.float32)
-
-
-# --- retrieval ----------------------------------------------------------------------------------------------------
-
-
-def index_payload(index) -> dict[str, Any]:
-    """A `VectorIndex` as plain data for the object store (faiss indexes do not pickle)."""
-    import faiss
-
-    return {"bytes": faiss.serialize_index(index.index), "kind": index.kind, "params": index.params, "ids": index.ids}
-
-
-def _index_from_payload(payload: dict[str, Any]):
-    import faiss
-
-    from maple.retrieval.index import VectorIndex
-
-    return VectorIndex(faiss.deserialize_index(payload["bytes"]), payload["kind"], payload["params"], payload["ids"])
-
-
-def retrieve_candidates(batch: pa.Table, *, indexes: Any, top_k: int) -> pa.Table:
-    """Adds `candidate_ids` (list<str>, K) and `candidate_sims` (list<float32>, cosine) per query, from the index of
-    the query's direction (`indexes`: {direction: index_payload} or an object ref to it)."""
-    start = time.perf_counter()
-    key = f"indexes:{getattr(indexes, 'hex', lambda: id(indexes))()}"
-    built = _cached(key, indexes, lambda p: {d: _index_from_payload(v) for d, v in p.items()})
-    n = batch.num_rows
-    ids: list[list[str]] = [[] for _ in range(n)]
-    sims: list[list[float]] = [[] for _ in range(n)]
-    directions = np.asarray(batch["direction"].to_pylist())
-    emb = _matrix(batch["query_emb"])
-    for direction in np.unique(directions):
-        rows = np.flatnonzero(directions == direction)
-        scores, indices = built[direction].search(emb[rows], top_k)
-        found = built[direction].ids_at(indices)
-        for r, row_ids, row_scores in zip(rows, found, scores):
-            keep = [j for j, cid in enumerate(row_ids) if cid is not None]
-            ids[r] = [row_ids[j] for j in keep]
-            sims[r] = [float(row_scores[j]) for j in keep]
-    out = batch.drop_columns(["query_emb"])
-    out = out.append_column("candidate_ids", pa.array(ids, pa.list_(pa.string())))
-    out = out.append_column("candidate_sims", pa.array(sims, pa.list_(pa.float32())))
-    return out.append_column("_retrieve_s", pa.array(np.full(n, (time.perf_counter() - start) / max(n, 1))))
-
-
-# --- judging ------------------------------------------------------------------------------------------------------
-
-CHAOS_ENV = "MAPLE_CHAOS_KILL_JUDGE_ONCE"  # a marker-file path: the 2nd judge batch kills its own process once
-
-
-class JudgeQueries:
-    """Ray Data callable class (one judge model per actor): scores each query's positive and K candidates.
-
-    The K + 1 pairs of one query are scored in one call, positive first, in retrieval order: they share the prompt
-    prefix (instruction + query), which vLLM's prefix cache then computes once. Adds `positive_score` (float32,
-    null where the judge gave no Yes/No logits) and `candidate_scores` (list<float32>, same nulls).
-
-    `kill_marker` is a fault-injection hook for the reliability test: when set, the actor's second batch creates
-    the marker file and SIGKILLs its own process (once per marker); Ray restarts the actor and retries the task.
-    """
-
-    def __init__(self, judge: dict[str, Any], store: Any, kill_marker: str | None = None):
-        from maple.judge.base import build_judge
-        from maple.judge.config import JudgeConfig
-
-        self.backend = build_judge(JudgeConfig.model_validate(judge))
-        self.store_ref = store
-        self.kill_marker = kill_marker
-        self.calls = 0
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from maple.judge.base import make_pairs
-
-        self.calls += 1
-        if self.kill_marker and self.calls == 2 and not os.path.exists(self.kill_marker):
-            Path(self.kill_marker).write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
-        start = time.perf_counter()
-        store = _store(self.store_ref)
-        rows = batch.select(["direction", "query_id", "positive_id", "candidate_ids"]).to_pylist()
-        pairs, counts = [], []
-        for row in rows:
-            t2i = row["direction"] == "t2i"
-            query = store.side(row["query_id"], is_image=not t2i)
-            for cid in [row["positive_id"], *row["candidate_ids"]]:
-                cand = store.side(cid, is_image=t2i)
-                pairs.append({"query_id": row["query_id"], "query_text": query["text"], "query_image": query["image"],
-                              "query_annotation": query["annotation"], "candidate_id": cid,
-                              "candidate_text": cand["text"], "candidate_image": cand["image"],
-                              "candidate_annotation": cand["annotation"]})
-            counts.append(1 + len(row["candidate_ids"]))
-        scores = self.backend.score(make_pairs(pairs)) if pairs else np.zeros(0, np.float32)
-        bounds = np.cumsum([0, *counts])
-        pos = [_nullable(scores[a]) for a in bounds[:-1]]
-        cand = [[_nullable(s) for s in scores[a + 1:b]] for a, b in zip(bounds[:-1], bounds[1:])]
-        n, elapsed = batch.num_rows, time.perf_counter() - start
-        out = batch.append_column("positive_score", pa.array(pos, pa.float32()))
-        out = out.append_column("candidate_scores", pa.array(cand, pa.list_(pa.float32())))
-        out = out.append_column("_judge_s", pa.array(np.full(n, elapsed / max(n, 1))))
-        return out.append_column("_judge_pairs", pa.array(counts, pa.int64()))
-
-
-def _nullable(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
-
-
-# --- mining -------------------------------------------------------------------------------------------------------
-
-OUTPUT_SCHEMA = pa.schema([*JUDGED_SCHEMA, pa.field(SHARD, pa.string()), pa.field(REASON, pa.string()),
-                           *(pa.field(t, pa.int64() if t == "_judge_pairs" else pa.float64()) for t in TIMING)])
-
-
-def mine_queries(batch: pa.Table, *, store: Any, k: int, beta: float, step: int, seed: int) -> pa.Table:
-    """UniME-V2 mining (`maple.mining.rules.mine_batch`) of judged query rows -> JUDGED_SCHEMA columns plus the
-    shard, the timings and `_quarantine_reason` (a row that cannot be mined keeps its id and gets the reason)."""
-    start = time.perf_counter()
-    content = _store(store)
-    rows = batch.to_pylist()
-    nan = float("nan")
-    mined = mine_batch(
-        [r["id"] for r in rows], [r["candidate_ids"] for r in rows],
-        [[nan if s is None else s for s in r["candidate_scores"]] for r in rows],
-        [r["positive_ids"] for r in rows], [nan if r["positive_score"] is None else r["positive_score"] for r in rows],
-        k=k, beta=beta, step=step, seed=seed)
-    out = []
-    for i, r in enumerate(rows):
-        t2i = r["direction"] == "t2i"
-        negatives = mined["hard_negative_ids"][i]
-        out.append({
-            "id": r["id"], "direction": r["direction"], "query_id": r["query_id"],
-            "query_text": content.caption(r["query_id"]) if t2i else None,
-            "query_image": None if t2i else content.image(r["query_id"]),
-            "positive_id": r["positive_id"],
-            "positive_text": None if t2i else content.caption(r["positive_id"]),
-            "positive_image": content.image(r["positive_id"]) if t2i else None,
-            "positive_score": r["positive_score"], "candidate_ids": r["candidate_ids"],
-            "candidate_scores": r["candidate_scores"], "candidate_sims": r["candidate_sims"],
-            "hard_negative_ids": negatives, "hard_negative_scores": mined["hard_negative_scores"][i],
-            "hard_negative_texts": None if t2i else [content.caption(c) for c in negatives],
-            "hard_negative_images": [content.image(c) for c in negatives] if t2i else None,
-            "num_false_negatives": mined["num_false_negatives"][i], "repeated": mined["repeated"][i],
-            "fallback": mined["fallback"][i], "judge_missing": mined["judge_missing"][i],
-            SHARD: r[SHARD], REASON: mined["mining_error"][i],
-            "_retrieve_s": r["_retrieve_s"], "_judge_s": r["_judge_s"], "_judge_pairs": r["_judge_pairs"],
-            "_mine_s": 0.0,
-        })
-    table = pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
-    per_row = (time.perf_counter() - start) / max(len(out), 1)
-    return table.set_column(table.schema.get_field_index("_mine_s"), "_mine_s",
-                            pa.array(np.full(len(out), per_row)))
-
-
-# --- output -------------------------------------------------------------------------------------------------------
-
-
-def judged_path(out_dir: str | Path, shard: str) -> Path:
-    return Path(out_dir) / JUDGED_DIR / f"{shard}.parquet"
-
-
-def finished_shards(out_dir: str | Path, shards: list[str]) -> set[str]:
-    """Shards whose judged file exists: it is renamed into place only once the whole shard is written."""
-    return {s for s in shards if judged_path(out_dir, s).is_file()}
-
-
-class ShardWriter:
-    """Writes the stream of mined rows into `<out>/judged/<shard>.parquet` (JUDGED_SCHEMA) and
-    `<out>/quarantine/<shard>.parquet`, one pair of files per input shard.
-
-    `expected`: {shard: number of query rows it will receive}. A shard's files appear (atomically, by rename) when
-    all its rows have arrived: quarantine first, then the judged file, which marks the shard finished for a re-run.
-    A row id seen twice or a shard left short at `close` is an error: the job must neither lose nor duplicate rows.
-    `quarantine`: {shard: QUARANTINE_SCHEMA rows known before the stream (validation, embedding)}.
-    """
-
-    def __init__(self, out_dir: str | Path, expected: dict[str, int], quarantine: dict[str, list[dict]]):
-        self.out = Path(out_dir)
-        (self.out / JUDGED_DIR).mkdir(parents=True, exist_ok=True)
-        self.expected = dict(expected)
-        self.quarantine = defaultdict(list, {s: list(rows) for s, rows in quarantine.items()})
-        self.seen: dict[str, set[str]] = defaultdict(set)
-        self.writers: dict[str, pq.ParquetWriter] = {}
-        self.totals: dict[str, float] = defaultdict(float)
-        self.scores: list[np.ndarray] = []
-        self.done: list[str] = []
-        for shard, n in self.expected.items():
-            if n == 0:
-                self._finish(shard)
-
-    def _tmp(self, shard: str) -> Path:
-        return self.out / JUDGED_DIR / f".{shard}.parquet.tmp-{os.getpid()}"
-
-    def add(self, table: pa.Table) -> None:
-        for name in TIMING:
-            self.totals[name] += float(pc.sum(table[name]).as_py() or 0)
-        for shard in pc.unique(table[SHARD]).to_pylist():
-            part = table.filter(pc.equal(table[SHARD], shard))
-            if shard not in self.expected:
-                raise RuntimeError(f"mined rows for shard {shard!r}, which this run did not schedule")
-            ids = part["id"].to_pylist()
-            twice = self.seen[shard].intersection(ids)
-            if twice or len(set(ids)) != len(ids):
-                raise RuntimeError(f"shard {shard}: row {sorted(twice or ids)[0]!r} arrived twice; the output "
-                                   "would duplicate it")
-            self.seen[shard].update(ids)
-            bad = part.filter(pc.is_valid(part[REASON]))
-            good = part.filter(pc.is_null(part[REASON]))
-            for row in bad.select(["id", "direction", "query_id", "positive_id", REASON]).to_pylist():
-                self.quarantine[shard].append({"id": row["id"], "source": shard, "stage": "mine",
-                                               "reason": row.pop(REASON), "row": json.dumps(row)})
-            if good.num_rows:
-                if shard not in self.writers:
-                    self.writers[shard] = pq.ParquetWriter(self._tmp(shard), JUDGED_SCHEMA)
-                self.writers[shard].write_table(good.select(JUDGED_SCHEMA.names).cast(JUDGED_SCHEMA))
-                flat = pc.list_flatten(good["candidate_scores"]).to_numpy(zero_copy_only=False)
-                self.scores.append(np.concatenate([flat, good["positive_score"].to_numpy(zero_copy_only=False)]))
-            if len(self.seen[shard]) > self.expected[shard]:
-                raise RuntimeError(f"shard {shard}: {len(self.seen[shard])} rows for {self.expected[shard]} queries")
-            if len(self.seen[shard]) == self.expected[shard]:
-                self._finish(shard)
-
-    def _finish(self, shard: str) -> None:
-        write_quarantine(pa.Table.from_pylist(self.quarantine.pop(shard, []), schema=QUARANTINE_SCHEMA),
-                         self.out, shard)
-        tmp = self._tmp(shard)
-        writer = self.writers.pop(shard, None)
-        if writer is None:
-            pq.write_table(JUDGED_SCHEMA.empty_table(), tmp)
+import ray
+import ray.data
+
+from maple.data.config import DataConfig
+from maple.data.schema import CONTENT_SCHEMA
+from maple.eval.plots import plot_score_histogram
+from maple.judge.backends import check_judge
+from maple.judge.config import JudgeConfig
+from maple.mining.config import MineConfig
+from maple.retrieval.index import VectorIndex, build_index
+from maple.section import RunConfig
+from maple.stages.mine_steps import (
+    CHAOS_ENV,
+    EmbedPairs,
+    JudgeQueries,
+    caption_id,
+    index_payload,
+    mine_queries,
+    query_rows,
+    retrieve_candidates,
+)
+from maple.stages.read import read_parquet_pairs, validated
+from maple.stages.shards import SHARD, ShardWriter, finished_shards, output_counts, shard_name
+
+log = logging.getLogger(__name__)
+
+
+def input_shards(path: str | Path) -> list[str]:
+    folder = Path(path)
+    files = sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else [str(folder)]
+    if not files or not all(Path(f).is_file() for f in files):
+        raise FileNotFoundError(f"mine.input={path}: no Parquet shards of image-text pairs there")
+    return files
+
+
+def embed_pairs(good: ray.data.Dataset, model_path: str, mine: MineConfig) -> dict:
+    """Embed every good pair's image and captions in an actor pool; collect ids, embeddings and content on the
+    driver (candidates are global: every shard's, even finished ones, are needed)."""
+    embedded = good.map_batches(
+        EmbedPairs, fn_constructor_kwargs=dict(model_path=model_path, batch_size=mine.embed_batch_size),
+        batch_size=mine.embed_batch_size, concurrency=mine.embed_concurrency, num_cpus=1,
+        max_restarts=mine.max_actor_restarts, max_task_retries=mine.max_actor_restarts)
+    ids, shards, image_emb, caption_embs, content, failed = [], [], [], [], [], []
+    for batch in embedded.iter_batches(batch_size=mine.embed_batch_size, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            pid, shard = row["id"], shard_name(row["source"])
+            if row["image_error"]:
+                failed.append({"id": pid, "source": shard, "stage": "mine:embed",
+                               "reason": f"image:{row['image_error']}", "row": json.dumps({"id": pid})})
+                continue
+            ids.append(pid)
+            shards.append(shard)
+            image_emb.append(np.asarray(row["image_emb"], np.float32))
+            caption_embs.append(np.asarray(row["captions_emb"], np.float32))
+            content.append({k: row[k] for k in ("id", "image", "captions", "annotation")})
+    dim = image_emb[0].shape[-1] if image_emb else 0
+    return {"ids": ids, "shards": shards, "image_emb": np.asarray(image_emb, np.float32).reshape(len(ids), dim),
+            "caption_embs": caption_embs, "content": pa.Table.from_pylist(content, schema=CONTENT_SCHEMA),
+            "failed": failed}
+
+
+def build_indexes(emb: dict, mine: MineConfig, out: Path, seed: int) -> dict[str, VectorIndex]:
+    """One index per direction over that direction's candidates (images for t2i, captions for i2t), saved under
+    `<out>/index/<direction>` for reuse."""
+    indexes = {}
+    for direction in mine.directions:
+        if direction == "t2i":
+            vectors, ids = emb["image_emb"], emb["ids"]
         else:
-            writer.close()
-        os.replace(tmp, judged_path(self.out, shard))
-        self.done.append(shard)
+            vectors = np.concatenate(emb["caption_embs"]) if emb["caption_embs"] else np.zeros((0, 0), np.float32)
+            ids = [caption_id(p, j) for p, caps in zip(emb["ids"], emb["caption_embs"]) for j in range(len(caps))]
+        index = build_index(vectors, mine.index, ids=ids, exact_max=mine.exact_max_candidates, seed=seed)
+        index.save(out / "index" / direction)
+        indexes[direction] = index
+    return indexes
 
-    def close(self) -> None:
-        short = {s: f"{len(self.seen[s])}/{n}" for s, n in self.expected.items() if s not in self.done}
-        for writer in self.writers.values():
-            writer.close()
-        for shard in list(self.writers):
-            self._tmp(shard).unlink(missing_ok=True)
-        if short:
-            raise RuntimeError(f"the stream ended with shards incomplete (rows/expected): {short}; their output was "
-                               "not written, a re-run redoes them")
 
-    def score_values(self) -> np.ndarray:
-        """Every judge score written this run (candidates and positives), NaN where missing."""
-        return np.concatenate(self.scores).astype(np.float64) if self.scores else np.zeros(0)
+def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunConfig, model_path: str) -> dict:
+    """The mining pipeline: read and validate the pairs of `mine.input`, embed them with the model at `model_path`,
+    retrieve each query's top-K in its direction, judge every (query, candidate) and (query, positive) pair, mine,
+    and write `<mine.output>/judged/<shard>.parquet` (+ quarantine, the index, `summary.json` and
+    `score_histogram.png`). Shards finished by an earlier run are skipped. Returns the summary (counts,
+    throughput, the judge's start-up facts, the paths written)."""
+    out = Path(mine.output or Path(run.output_dir) / "mined")
+    files = input_shards(mine.input or Path(run.output_dir) / "world" / "train")
+    # Fail fast: judge model, its Yes/No tokens, GPUs, before reading any data.
+    judge_facts = check_judge(judge, needs_images=True, available_gpus=ray.cluster_resources().get("GPU", 0.0))
+    shards = [shard_name(f) for f in files]
+    done = finished_shards(out, shards)
+    todo = [s for s in shards if s not in done]
+    log.info("mining %d shards (%d already finished) into %s", len(todo), len(done), out)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    # `source` = the shard file, whatever the input says: output and resume go by input shard
+    good, bad = validated(read_parquet_pairs(files, source_from_path=True), data, stage="mine:validate")
+    emb = embed_pairs(good, model_path, mine)
+    timings["embed_s"] = time.perf_counter() - t0
+    n_pairs = len(emb["ids"])
+    quarantine: dict[str, list[dict]] = defaultdict(list)
+    for row in [*bad.take_all(), *emb["failed"]]:
+        row["source"] = shard_name(row["source"]) if row.get("source") else None
+        quarantine[row["source"]].append(row)
+    t0 = time.perf_counter()
+    indexes = build_indexes(emb, mine, out, run.seed) if n_pairs else {}
+    timings["index_s"] = time.perf_counter() - t0
+
+    keep = [i for i, s in enumerate(emb["shards"]) if s in todo]
+    queries = query_rows([emb["ids"][i] for i in keep], emb["image_emb"][keep],
+                         [emb["caption_embs"][i] for i in keep], [emb["shards"][i] for i in keep], mine.directions)
+    expected = Counter(queries[SHARD].to_pylist())
+    writer = ShardWriter(out, {s: expected.get(s, 0) for s in todo}, {s: quarantine.get(s, []) for s in todo})
+    t0 = time.perf_counter()
+    if queries.num_rows:
+        store = ray.put(emb["content"])
+        payload = ray.put({d: index_payload(ix) for d, ix in indexes.items()})
+        per_batch = mine.queries_per_batch
+        ds = ray.data.from_arrow([queries.slice(i, per_batch) for i in range(0, queries.num_rows, per_batch)])
+        ds = ds.map_batches(retrieve_candidates, batch_format="pyarrow", batch_size=per_batch,
+                            fn_kwargs={"indexes": payload, "top_k": mine.top_k}, num_cpus=0.5)
+        ds = ds.map_batches(
+            JudgeQueries, batch_format="pyarrow", batch_size=per_batch,
+            fn_constructor_kwargs={"judge": judge.model_dump(), "store": store,
+                                   "kill_marker": os.environ.get(CHAOS_ENV)},
+            concurrency=judge.num_actors, num_cpus=judge.cpus_per_actor, num_gpus=judge.gpus_per_actor or None,
+            max_restarts=mine.max_actor_restarts, max_task_retries=mine.max_actor_restarts)
+        ds = ds.map_batches(mine_queries, batch_format="pyarrow", batch_size=per_batch, num_cpus=0.5,
+                            fn_kwargs={"store": store, "k": mine.num_hard_negatives, "beta": mine.beta,
+                                       "step": mine.cyclical_step, "seed": run.seed})
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            writer.add(batch)
+    writer.close()
+    timings["stream_s"] = time.perf_counter() - t0
+
+    summary = output_counts(out)
+    n_judge_pairs = writer.totals["_judge_pairs"]
+    summary.update({
+        "output": str(out), "input_shards": len(shards), "shards_this_run": todo, "shards_skipped": sorted(done),
+        "pairs_embedded": n_pairs, "queries_this_run": queries.num_rows, "judge_pairs_this_run": int(n_judge_pairs),
+        "judge": judge_facts, "timings_s": timings,
+        "throughput": {
+            "embed_pairs_per_s": _rate(n_pairs, timings["embed_s"]),
+            "retrieve_queries_per_s": _rate(queries.num_rows, writer.totals["_retrieve_s"]),
+            "judge_pairs_per_s": _rate(n_judge_pairs, writer.totals["_judge_s"]),
+            "judge_pairs_per_s_wall": _rate(n_judge_pairs, timings["stream_s"]),
+            "mine_rows_per_s": _rate(queries.num_rows, writer.totals["_mine_s"]),
+        },
+        "summary_path": str(out / "summary.json"), "histogram_path": str(out / "score_histogram.png"),
+    })
+    summary["score_histogram"] = plot_score_histogram(writer.score_values(), out / "score_histogram.png")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _rate(count: float, seconds: float) -> float:
+    return float(count) / seconds if seconds > 0 else 0.0

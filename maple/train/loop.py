@@ -1,16 +1,17 @@
 """The Ray Train + DeepSpeed wrapper around a `TrainTask`: the only part of training that knows about Ray.
 
-`run_training(cfg, task, datasets, run_name)` runs a Ray Train V2 `TorchTrainer` whose workers:
+`run_training(train, run, task, datasets, run_name, mlflow)` runs a Ray Train V2 `TorchTrainer` whose workers:
 - build the task's model and loss, and `deepspeed.initialize` them with a client `torch.optim.AdamW` (ZeRO stage
   train.zero_stage, bf16 from train.bf16; gloo on CPU, NCCL on GPU, set up by Ray Train's TorchConfig);
 - stream their shard of the "train" dataset (`get_dataset_shard("train").iter_batches`), collate and step;
-- log every step to ONE MLflow run (rank 0, `setup_mlflow`): the loss terms, lr, samples/s, memory; and the task's
-  evaluation on the "val" dataset at step 0, every train.eval_every steps and at the end;
+- log every step to the MLflow run named by `mlflow` (rank 0, `setup_mlflow`): the loss terms, lr, samples/s,
+  memory; and the task's evaluation on the "val" dataset at step 0, every train.eval_every steps and at the end.
+  The caller opens that run (`maple.tracking.training_run` keeps one run per run_name across re-submissions);
 - save DeepSpeed checkpoints every train.checkpoint_every steps and report them (`ray.train.report`); after a worker
   dies (FailureConfig(max_failures)) or when a run is submitted again under the same name, the workers resume from
-  `ray.train.get_checkpoint()` and keep logging to the same MLflow run (its id lives in the storage folder);
+  `ray.train.get_checkpoint()`;
 - at the end gather the weights (ZeRO-3), let the task export them into the final checkpoint, which the driver copies
-  to train.output and registers in the MLflow model registry.
+  to train.output (registering it is the caller's: `maple.tracking.register_model`).
 
 train.num_workers=0 is Ray Train's local mode: the same loop runs in the calling process (a gloo group of one for
 DeepSpeed; no worker actor to start, no restarts). The CPU demo trains its twenty small runs this way.
@@ -18,7 +19,6 @@ DeepSpeed; no worker actor to start, no restarts). The CPU demo trains its twent
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
@@ -30,36 +30,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from maple.config import Config
-from maple.train.tasks import TrainTask
+from maple.section import RunConfig
+from maple.train.config import TrainConfig
+from maple.train.task import TrainTask
 
 # Each ray.train.report waits for the controller's next poll (2 s by default in Ray Train V2).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 log = logging.getLogger(__name__)
-RUN_STATE = "maple_run.json"  # beside the Ray Train run in storage: the MLflow run id across re-submissions
 DEEPSPEED_TAG = "deepspeed"
 MODEL_DIR = "model"
+
+
+@dataclass(frozen=True)
+class MlflowTarget:
+    """Where the loop logs: an MLflow run that the caller opened (the loop never opens one of its own)."""
+
+    tracking_uri: str
+    experiment: str
+    run_id: str
 
 
 @dataclass
 class TrainResult:
     model_dir: str  # the exported model (train.output)
     mlflow_run_id: str
-    registry_uri: str | None  # models:/<name>/<version>
+    registry_uri: str | None = None  # models:/<name>/<version>, once the caller registers it
     metrics: dict[str, float] = field(default_factory=dict)  # the last reported metrics
     checkpoint_path: str | None = None
 
 
 # --- checks before anything starts ---------------------------------------------------------------------------------
 
-def check_config(cfg: Config) -> None:
+def check_config(tc: TrainConfig) -> None:
     """Refuse configs that cannot run, before any worker starts; messages name the key and what to do."""
-    tc = cfg.train
     if tc.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"train.zero_stage={tc.zero_stage}: DeepSpeed ZeRO has stages 0, 1, 2 and 3")
     if tc.num_workers < 0:
@@ -75,8 +82,7 @@ def check_config(cfg: Config) -> None:
         raise ValueError("train.steps, train.checkpoint_every and train.eval_every must be >= 1")
 
 
-def deepspeed_config(cfg: Config, micro_batch: int) -> dict[str, Any]:
-    tc = cfg.train
+def deepspeed_config(tc: TrainConfig, micro_batch: int) -> dict[str, Any]:
     return {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
@@ -192,16 +198,16 @@ def forget_deepspeed_world_group() -> None:
 
 
 @contextmanager
-def checkpoint_directory(cfg: Config, run_name: str) -> Iterator[str]:
+def checkpoint_directory(tc: TrainConfig, run: RunConfig, run_name: str) -> Iterator[str]:
     """Where a checkpoint is written before `ray.train.report`. Workers report a temporary folder that Ray copies to
     storage; local mode keeps the reported folder itself as the result's checkpoint, so it must outlive the report:
     <storage, or run.output_dir when storage is remote>/<run_name>/checkpoint, replaced by each report."""
-    if cfg.train.num_workers:
+    if tc.num_workers:
         with tempfile.TemporaryDirectory() as directory:
             yield directory
         return
-    storage = storage_path(cfg)
-    directory = Path(storage if "://" not in storage else cfg.run.output_dir) / run_name / "checkpoint"
+    storage = storage_path(tc, run)
+    directory = Path(storage if "://" not in storage else run.output_dir) / run_name / "checkpoint"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     yield str(directory)
@@ -214,17 +220,17 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from ray.air.integrations.mlflow import setup_mlflow
     from ray.train import Checkpoint
 
-    cfg = Config.model_validate(config["cfg"])
+    tc, run = TrainConfig.model_validate(config["train"]), RunConfig.model_validate(config["run"])
+    target: MlflowTarget = config["mlflow"]
     task: TrainTask = config["task"]
-    tc = cfg.train
     if tc.num_workers == 0:
         init_single_process_group()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     micro_batch = tc.batch_size // world
-    seed = cfg.run.seed
+    seed = run.seed
 
-    model, loss_fn = task.build(cfg, seed)
+    model, loss_fn = task.build(seed)
     module = TrainModule(model, loss_fn)
     lifted = lift_scalar_parameters(module)
     if tc.zero_stage == 3:
@@ -232,7 +238,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(task.trainable_parameters(model, loss_fn), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.steps, tc.warmup_steps))
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(cfg, micro_batch))
+                                           config=deepspeed_config(tc, micro_batch))
 
     state = {"step": 0, "epoch": 0}
     checkpoint = ray.train.get_checkpoint()
@@ -243,11 +249,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
         log.info("rank %d resumed from step %d", rank, state["step"])
 
     if rank == 0:
-        mlflow_module.set_tracking_uri(config["tracking_uri"])
-        mlflow_module.set_experiment(cfg.run.mlflow_experiment)
-        # the driver's run: setup_mlflow adopts it. In local mode this is the driver, maybe inside a parent run
-        mlflow_module.start_run(run_id=config["mlflow_run_id"], nested=mlflow_module.active_run() is not None)
-    mlflow = setup_mlflow(tracking_uri=config["tracking_uri"], experiment_name=cfg.run.mlflow_experiment,
+        mlflow_module.set_tracking_uri(target.tracking_uri)
+        mlflow_module.set_experiment(target.experiment)
+        # the caller's run: setup_mlflow adopts it. In local mode this is the driver, maybe inside a parent run
+        mlflow_module.start_run(run_id=target.run_id, nested=mlflow_module.active_run() is not None)
+    mlflow = setup_mlflow(tracking_uri=target.tracking_uri, experiment_name=target.experiment,
                           create_experiment_if_not_exists=True, rank_zero_only=True)
 
     evaluate_here = rank == 0 or tc.zero_stage == 3  # ZeRO-3's forward gathers parameters: every rank takes part
@@ -257,23 +263,23 @@ def _worker_loop(config: dict[str, Any]) -> None:
         if not val_rows:
             return {}
         with torch.no_grad():
-            metrics = task.evaluate(engine.module.model, val_rows, cfg)
+            metrics = task.evaluate(engine.module.model, val_rows)
         if rank == 0:
             mlflow.log_metrics(metrics, step=step)
         return metrics
 
     def save_and_report(metrics: dict[str, float], final: bool) -> None:
-        with checkpoint_directory(cfg, config["run_name"]) as directory:
+        with checkpoint_directory(tc, run, config["run_name"]) as directory:
             engine.save_checkpoint(directory, tag=DEEPSPEED_TAG, client_state=dict(state))
             weights = full_state_dict(engine, tc.zero_stage, rank) if final else None
             if weights is not None:
-                fresh, _ = task.build(cfg, seed)
+                fresh, _ = task.build(seed)
                 for name in lifted:  # back to the family's own shapes
                     key = name.removeprefix("model.")
                     if key in weights:
                         weights[key] = weights[key].reshape(())
                 fresh.load_state_dict(weights)
-                task.export(fresh, Path(directory) / MODEL_DIR, cfg)
+                task.export(fresh, Path(directory) / MODEL_DIR)
             ray.train.report({**metrics, "step": state["step"]}, checkpoint=Checkpoint.from_directory(directory))
 
     metrics: dict[str, float] = {}
@@ -287,9 +293,9 @@ def _worker_loop(config: dict[str, Any]) -> None:
                                        local_shuffle_buffer_size=tc.shuffle_buffer or None,
                                        local_shuffle_seed=seed + state["epoch"] if tc.shuffle_buffer else None):
             batches += 1
-            batch = task.collate(engine.module.model, rows, state["epoch"], cfg)
+            batch = task.collate(engine.module.model, rows, state["epoch"])
             step_tick = time.perf_counter()
-            terms = task.step(engine.module.model, engine.module.loss_fn, batch, engine, cfg)
+            terms = task.step(engine.module.model, engine.module.loss_fn, batch, engine)
             step_time = time.perf_counter() - step_tick
             elapsed = time.perf_counter() - tick
             state["step"] += 1
@@ -320,74 +326,50 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
 # --- the driver side -----------------------------------------------------------------------------------------------
 
-def storage_path(cfg: Config) -> str:
+def storage_path(tc: TrainConfig, run: RunConfig) -> str:
     """train.storage_path (a local folder or a URI such as s3://...), else <run.output_dir>/ray_results."""
-    path = cfg.train.storage_path or str(Path(cfg.run.output_dir) / "ray_results")
+    path = tc.storage_path or str(Path(run.output_dir) / "ray_results")
     return path if "://" in path else str(Path(path).resolve())
 
 
-def _run_state(storage: str, run_name: str) -> tuple[pafs.FileSystem, str]:
-    fs, root = pafs.FileSystem.from_uri(storage)
-    return fs, f"{root}/{run_name}/{RUN_STATE}"
+def output_dir(tc: TrainConfig, run: RunConfig, run_name: str) -> Path:
+    """Where the exported model goes: train.output, else <run.output_dir>/models/<run_name>."""
+    return Path(tc.output or Path(run.output_dir) / "models" / run_name)
 
 
-def mlflow_run_id(cfg: Config, task: TrainTask, storage: str, run_name: str) -> str:
-    """The MLflow run of `run_name`: the one recorded in storage by an earlier submission, else a new one (params =
-    the resolved config) that is recorded there."""
-    from maple.tracking import mlflow_run
-
-    fs, path = _run_state(storage, run_name)
-    if fs.get_file_info(path).type == pafs.FileType.File:
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode())["mlflow_run_id"]
-    with mlflow_run(cfg, task.name, run_name=run_name) as run:
-        run_id = run.info.run_id
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps({"mlflow_run_id": run_id, "run_name": run_name}).encode())
-    return run_id
-
-
-def run_training(cfg: Config, task: TrainTask, datasets: dict[str, Any], run_name: str,
-                 register: bool = True) -> TrainResult:
-    """Train `task` on `datasets` ("train" required, "val" optional: Ray Data datasets) under Ray Train; export and
-    register the final model. Re-running with the same `run_name` (and storage) resumes where it stopped."""
+def run_training(train: TrainConfig, run: RunConfig, task: TrainTask, datasets: dict[str, Any], run_name: str,
+                 mlflow: MlflowTarget) -> TrainResult:
+    """Train `task` on `datasets` ("train" required, "val" optional: Ray Data datasets) under Ray Train, logging to
+    the MLflow run `mlflow`; export the final model to `output_dir(train, run, run_name)`. Re-running with the same
+    `run_name` (and storage) resumes where it stopped."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from maple.tracking import mlflow_run, tracking_uri
-
-    check_config(cfg)
+    check_config(train)
     if "train" not in datasets:
         raise ValueError(f"run_training needs a 'train' dataset; got {sorted(datasets)}")
-    task.check(cfg, {name: ds.schema().base_schema for name, ds in datasets.items()})
-    storage = storage_path(cfg)
-    run_id = mlflow_run_id(cfg, task, storage, run_name)
+    task.check({name: ds.schema().base_schema for name, ds in datasets.items()})
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "task": task, "mlflow_run_id": run_id,
-                           "tracking_uri": tracking_uri(cfg), "datasets": sorted(datasets), "run_name": run_name},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
+        train_loop_config={"train": train.model_dump(mode="json"), "run": run.model_dump(mode="json"), "task": task,
+                           "mlflow": mlflow, "datasets": sorted(datasets), "run_name": run_name},
+        scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.num_to_keep)),
+            name=run_name, storage_path=storage_path(train, run),
+            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.num_to_keep)),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     try:
         result = trainer.fit()
     finally:
-        if cfg.train.num_workers == 0:
+        if train.num_workers == 0:
             forget_deepspeed_world_group()
-    out = Path(cfg.train.output or Path(cfg.run.output_dir) / "models" / run_name)
+    out = output_dir(train, run, run_name)
     with result.checkpoint.as_directory() as directory:
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(Path(directory) / MODEL_DIR, out)
-    registry_uri = None
-    if register:
-        with mlflow_run(cfg, task.name, run_name=run_name, run_id=run_id):
-            registry_uri = task.register(out, cfg.train.register_name or f"{cfg.run.name}-embedder")
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    return TrainResult(str(out), run_id, registry_uri, metrics, result.checkpoint.path)
+    return TrainResult(str(out), mlflow.run_id, None, metrics, result.checkpoint.path)

@@ -1,6 +1,6 @@
 """The training step of an embedder, as a plain function: no Ray, no torch.distributed required.
 
-`train_step` embeds a collated batch (`maple.train.data.EmbedderBatch`), computes `MapleLoss`, backpropagates and
+`train_step` embeds a collated batch (`maple.train.batch.EmbedderBatch`), computes `MapleLoss`, backpropagates and
 steps the optimizer. The same function runs alone (tests, `bench/train_step.py`) and inside the Ray Train worker loop,
 where `optimizer` is the DeepSpeed engine and the loss gathers negatives across ranks.
 """
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from maple.models.embedder import Embedder
-from maple.train.data import EmbedderBatch
+from maple.train.batch import EmbedderBatch
 from maple.train.gradcache import gradcache_step
 
 

@@ -7,16 +7,16 @@ import copy
 import functools
 import json
 import sys
-import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
 import ray
+import tomllib
 import yaml
+from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
 from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
 from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
-from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,8 +5,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from maple.data.config import WorldConfig
-from maple.data.synth import (NEGATIVE_TYPES, Obj, Scene, held_out_combinations, parse_caption, reference_score,
-                              render_scene, synthesize)
+from maple.data.synth import (
+    NEGATIVE_TYPES,
+    Obj,
+    Scene,
+    held_out_combinations,
+    parse_caption,
+    reference_score,
+    render_scene,
+    synthesize,
+)
 
 # A hand-built scene: a small red circle top-left, a large blue square bottom-right.
 RED = Obj("circle", "red", "small", row=0, col=0)

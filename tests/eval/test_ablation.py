@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from maple.eval.ablation import aggregate, fine_grained_accuracy, markdown_table, plot_type_accuracy
+from maple.eval.ablation import aggregate, fine_grained_accuracy, markdown_table
+from maple.eval.plots import plot_type_accuracy
 
 
 def test_aggregate_gives_mean_and_sample_std_over_seeds():

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 from scipy.stats import wasserstein_distance
 
-from maple.eval.metrics import (compositional_scores, modality_gap, recall_at_k, retrieval_metrics,
-                                similarity_separation)
+from maple.eval.metrics import compositional_scores, modality_gap, recall_at_k, retrieval_metrics, similarity_separation
 
 
 def test_recall_at_k_by_hand():

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from maple.data.synth import Obj, Scene, render_scene
-from maple.eval.segmentation import (class_mask, confusion_matrix, iou_per_class, mean_iou, patch_class_scores,
-                                     segment)
+from maple.eval.segmentation import class_mask, confusion_matrix, iou_per_class, mean_iou, patch_class_scores, segment
 from maple.eval.zero_shot import zero_shot_accuracy
 
 

@@ -11,16 +11,15 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.mine import mine
+from jobs.common import mine
 from maple.config import load_config
 from maple.data.schema import JUDGED_SCHEMA, PAIRS_SCHEMA
 from maple.data.synth import Scene, reference_score
-from maple.stages.mining import CHAOS_ENV
+from maple.stages.mine_steps import CHAOS_ENV
 
 BETA = 0.01
 REPO = Path(__file__).resolve().parents[2]
@@ -196,7 +195,7 @@ def test_mine_runs_as_a_ray_job_submitted_to_a_head_on_loopback(ray_head, small_
 
 
 def _mined_rows(shard: str, ids: list[str]) -> pa.Table:
-    from maple.stages.mining import OUTPUT_SCHEMA
+    from maple.stages.shards import OUTPUT_SCHEMA
 
     rows = [{"id": i, "direction": "t2i", "query_id": i.split(":")[0], "positive_id": "p", "positive_score": 0.9,
              "candidate_ids": ["c"], "candidate_scores": [0.1], "candidate_sims": [0.5], "hard_negative_ids": ["c"],
@@ -207,7 +206,7 @@ def _mined_rows(shard: str, ids: list[str]) -> pa.Table:
 
 
 def test_writer_refuses_a_row_that_arrives_twice(tmp_path):
-    from maple.stages.mining import ShardWriter
+    from maple.stages.shards import ShardWriter
 
     writer = ShardWriter(tmp_path, {"s": 3}, {})
     writer.add(_mined_rows("s", ["a:t2i", "b:t2i"]))
@@ -216,7 +215,7 @@ def test_writer_refuses_a_row_that_arrives_twice(tmp_path):
 
 
 def test_writer_publishes_a_shard_only_when_complete(tmp_path):
-    from maple.stages.mining import ShardWriter, judged_path
+    from maple.stages.shards import ShardWriter, judged_path
 
     writer = ShardWriter(tmp_path, {"s": 2, "t": 1}, {})
     writer.add(_mined_rows("s", ["a:t2i"]))
@@ -229,7 +228,7 @@ def test_writer_publishes_a_shard_only_when_complete(tmp_path):
 
 
 def test_writer_gives_a_shard_with_no_query_empty_files(tmp_path):
-    from maple.stages.mining import ShardWriter, judged_path
+    from maple.stages.shards import ShardWriter, judged_path
 
     bad = {"id": "p1", "source": "s", "stage": "mine:validate", "reason": "corrupt", "row": "{}"}
     ShardWriter(tmp_path, {"s": 0}, {"s": [bad]}).close()

@@ -1,8 +1,8 @@
 """The reranker training job end to end on the synthetic world, on the session's local Ray.
 
 The chain is the real one, each stage the project's own: a tiny CLIP embedder trained a few steps by the shared loop
-(`run_training` + `EmbedderTask`), the mining job (`jobs.mine`, reference judge) over it, then `jobs.train_reranker`
-training a cross-encoder over that embedder's (frozen) towers on the mined rows (2 Ray Train workers, DeepSpeed ZeRO-2,
+(`jobs.common.train` + `EmbedderTask`), the mining pipeline (`jobs.common.mine`, reference judge) over it, then
+`jobs.train_reranker` training a cross-encoder over that embedder's (frozen) towers on the mined rows (2 Ray Train workers, DeepSpeed ZeRO-2,
 checkpoints, MLflow, registry). One run (module fixture) serves every property.
 """
 
@@ -18,8 +18,10 @@ import pytest
 
 from maple.config import load_config
 from maple.data.images import decode_image
-from maple.rerank.model import CrossEncoderReranker, load_reranker
-from maple.rerank.retrieve_then_rerank import compositional_rerank_report
+from maple.eval.rerank import compositional_rerank_report
+from maple.models.cross_encoder import CrossEncoderReranker
+from maple.models.families import load_reranker
+from maple.tracking import model_dir
 
 STEPS = 20
 
@@ -28,10 +30,9 @@ STEPS = 20
 def trained(small_world, ray_local, mlflow_uri, tmp_path_factory):
     import ray.data
 
-    from jobs.mine import mine
+    from jobs.common import mine, train
     from jobs.train_reranker import main
-    from maple.train.loop import run_training
-    from maple.train.tasks import EmbedderTask
+    from maple.recipes.embedder import EmbedderTask
 
     world, _ = small_world
     tmp = tmp_path_factory.mktemp("train_reranker")
@@ -40,8 +41,8 @@ def trained(small_world, ray_local, mlflow_uri, tmp_path_factory):
               "train.eval_every=1000", "train.warmup_steps=2"]
     embedder_cfg = load_config(None, [*common, "train.steps=20", "train.batch_size=32", "train.lr=2e-3",
                                       f"train.output={tmp / 'embedder'}"])
-    run_training(embedder_cfg, EmbedderTask(), {"train": ray.data.read_parquet(str(world / "train"))},
-                 run_name="rre2e-embedder", register=False)
+    train(embedder_cfg, EmbedderTask(embedder_cfg.model, embedder_cfg.train, embedder_cfg.eval),
+          {"train": ray.data.read_parquet(str(world / "train"))}, run_name="rre2e-embedder", register_name="")
     mine(load_config(None, [*common, f"mine.input={world / 'train'}", f"mine.output={tmp / 'mined'}",
                             f"mine.model={tmp / 'embedder'}", "mine.top_k=8", "mine.num_hard_negatives=4",
                             "mine.queries_per_batch=64"]))
@@ -58,7 +59,7 @@ def test_the_job_exports_a_loadable_cross_encoder_and_registers_it(trained):
     assert Path(result.model_dir) == trained["tmp"] / "models" / "reranker"
     assert isinstance(load_reranker(result.model_dir), CrossEncoderReranker)
     assert result.registry_uri == "models:/rre2e-reranker/1"
-    assert isinstance(load_reranker(result.registry_uri), CrossEncoderReranker)
+    assert isinstance(load_reranker(model_dir(result.registry_uri)), CrossEncoderReranker)
 
 
 def test_mlflow_run_holds_every_steps_loss_terms_and_the_val_accuracies(trained):
@@ -84,7 +85,7 @@ def test_reranker_over_the_trained_embedder_is_not_significantly_worse_on_the_co
     α = 0.05; 60 rows cannot resolve a difference of a row or two). The difference is reported."""
     from scipy.stats import binomtest
 
-    from maple.models.embedder import load_embedder
+    from maple.models.families import load_embedder
 
     comp = pq.read_table(trained["world"] / "compositional").to_pylist()
     images = [decode_image(r["image"]) for r in comp]
@@ -109,17 +110,3 @@ def test_reranker_over_the_trained_embedder_is_not_significantly_worse_on_the_co
           f"difference {difference:+.3f} ({wins} rows won, {losses} lost)")
     if wins + losses:
         assert binomtest(losses, wins + losses, 0.5, alternative="greater").pvalue > 0.05
-
-
-def test_the_split_keeps_every_row_once_and_the_schema_of_an_all_null_column():
-    import pyarrow as pa
-
-    from jobs.train_reranker import is_val, split_rows
-
-    ids = [f"img-{i}:i2t" for i in range(40)]
-    # image-to-text rows: the positive is a caption, so positive_image is null in every row
-    table = pa.table({"id": ids, "positive_image": pa.nulls(40, pa.binary()), "positive_text": ["a cap"] * 40})
-    train, val = (split_rows(table, 0.25, val) for val in (False, True))
-    assert train.schema == val.schema == table.schema
-    assert sorted(train["id"].to_pylist() + val["id"].to_pylist()) == sorted(ids)
-    assert val["id"].to_pylist() == [i for i in ids if is_val(i, 0.25)]

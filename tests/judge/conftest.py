@@ -5,14 +5,14 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> str:
-    from maple.judge.tiny import build_tiny_judge
+    from maple.models.tiny_judge import build_tiny_judge
 
     return str(build_tiny_judge(tmp_path_factory.mktemp("judge") / "llama", "llama"))
 
 
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory) -> str:
-    from maple.judge.tiny import build_tiny_judge
+    from maple.models.tiny_judge import build_tiny_judge
 
     return str(build_tiny_judge(tmp_path_factory.mktemp("judge") / "llava", "llava"))
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from maple.judge.base import check_judge
+from maple.judge.backends import check_judge
 from maple.judge.config import JudgeConfig
 from maple.judge.prompt import JudgeSetupError
-from maple.judge.tiny import tiny_judge_tokenizer
+from maple.models.tiny_judge import tiny_judge_tokenizer
 
 
 def test_a_missing_model_path_fails_at_start(tmp_path):

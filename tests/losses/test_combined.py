@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from maple.losses import MapleLoss, infonce_loss, rpa_listwise_loss, rpa_pairwise_loss, soft_label_kl_loss
-from maple.train.config import LossConfig
+from maple.losses.config import LossConfig
 
 N, K, D = 4, 3, 6
 

@@ -10,7 +10,7 @@ from maple.data.synth import render_scene, sample_scene
 from maple.losses.anchor import pal_loss
 from maple.models.anchor import AnchorAligner, AnchorHead
 from maple.models.config import ModelConfig
-from maple.models.embedder import build_embedder, load_embedder
+from maple.models.families import build_embedder, load_embedder
 
 CAPTIONS = ["a large red circle", "a small blue square left of a large green triangle", "a small white diamond",
             "a large yellow square above a small purple circle"]

@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from maple.models.config import ModelConfig
-from maple.models.embedder import build_embedder, load_embedder
+from maple.models.families import build_embedder, load_embedder
 
 TEXTS = ["a small red circle left of a large blue square", "a large green triangle"]
 
@@ -51,7 +51,7 @@ def test_loading_a_directory_without_manifest_needs_the_family(tmp_path):
 
 
 def test_unknown_family_is_rejected():
-    from maple.models.embedder import embedder_class
+    from maple.models.families import embedder_class
 
     with pytest.raises(ValueError, match="unknown model family"):
         embedder_class("resnet")

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from maple.models.config import ModelConfig
-from maple.models.embedder import MANIFEST, build_embedder, load_embedder
-from maple.models.mllm import (IMAGE_PAD, LORA_TARGET_MODULES, MLLMEmbedder, TEXT_PROMPT, pool_hidden_states)
+from maple.models.embedder import MANIFEST
+from maple.models.families import build_embedder, load_embedder
+from maple.models.mllm import IMAGE_PAD, LORA_TARGET_MODULES, TEXT_PROMPT, MLLMEmbedder, pool_hidden_states
 
 TEXTS = ["a red circle", "a big blue square left of a small green triangle", "a yellow star"]
 

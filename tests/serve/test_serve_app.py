@@ -17,10 +17,8 @@ from openai import OpenAI
 from PIL import Image
 
 from maple.data.images import decode_image, encode_image
-from maple.models.embedder import load_embedder
-from maple.rerank.model import load_reranker
-
-from conftest import REGISTERED_NAME
+from maple.models.families import load_embedder, load_reranker
+from tests.fixtures.serve import REGISTERED_NAME
 
 KEY = "test-key"
 LIMITS = dict(max_inputs=8, max_text_chars=200, max_image_pixels=128 * 128, max_body_bytes=200_000, max_top_k=20,

@@ -9,16 +9,17 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import numpy_rows
-from maple.config import Config, load_config
+from maple.config import load_config
 from maple.losses import MapleLoss
+from maple.losses.config import LossConfig
 from maple.models.config import ModelConfig
-from maple.models.embedder import build_embedder
-from maple.train.config import LossConfig
-from maple.train.data import collate_judged
+from maple.models.families import build_embedder
+from maple.models.lora import select_trainable
+from maple.train.batch import collate_judged
+from maple.train.config import TrainConfig
 from maple.train.loop import TrainModule, check_config, deepspeed_config, lift_scalar_parameters
 from maple.train.step import train_step
-from maple.train.tasks import select_trainable
+from tests.fixtures.rows import numpy_rows
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_zero2_gradcache_step_updates_weights_like_the_plain_torch_step(single_p
 
     cfg = load_config(None, ["train.zero_stage=2", "train.max_grad_norm=0"])
     optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.5)
-    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(cfg, 8))
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(cfg.train, 8))
     train_step(engine.module.model, engine.module.loss_fn, collate_judged(engine.module.model, rows), engine,
                gradcache_chunk=3)
     for (name, a), (_, b) in zip(engine.module.named_parameters(), reference.named_parameters()):
@@ -63,9 +64,9 @@ def test_zero2_gradcache_step_updates_weights_like_the_plain_torch_step(single_p
 ])
 def test_check_config_refuses_what_cannot_run(override, message):
     with pytest.raises(ValueError, match=message):
-        check_config(load_config(None, [override]))
+        check_config(load_config(None, [override]).train)
 
 
 def test_check_config_refuses_gradcache_with_zero3():
     with pytest.raises(ValueError, match="zero_stage=3"):
-        check_config(Config.model_validate({"train": {"zero_stage": 3, "gradcache_chunk": 4}}))
+        check_config(TrainConfig(zero_stage=3, gradcache_chunk=4))

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from maple.losses import MapleLoss
-from maple.train.config import LossConfig
+from maple.losses.config import LossConfig
 from maple.train.gradcache import chunk_batch, gradcache_step
 
 N, K, D_IN, D, CHUNK = 10, 3, 6, 5, 4  # chunks of 4, 4, 2: the last one short

@@ -1,0 +1,113 @@
+"""The evaluation pass: embed the test and compositional splits with one or several models in one Ray Data pass
+(images decoded once, one actor pool), then compute every metric with the pure functions of `maple.eval`; with a
+reranker, also retrieve-then-rerank (UniME-V2's two modes, `maple.eval.rerank`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray.data
+
+from maple.data.images import decode_image
+from maple.eval.config import EvalConfig
+from maple.eval.report import compositional_report, retrieval_report, to_markdown
+from maple.eval.rerank import compositional_rerank_report, rerank_report
+from maple.models.batch_inference import EmbedColumns
+from maple.models.config import RerankerConfig
+from maple.models.families import load_reranker
+
+
+def embed_table(path: Path, model_path: str | dict[str, str], batch_size: int = 64, **columns):
+    """Read a Parquet split with Ray Data, embed the given columns (`EmbedColumns` arguments) in an actor pool, and
+    return a pandas frame without the image bytes."""
+    ds = ray.data.read_parquet(str(path))
+    ds = ds.map_batches(EmbedColumns, fn_constructor_kwargs=dict(model_path=model_path, **columns,
+                                                                  batch_size=batch_size),
+                        batch_size=batch_size, concurrency=1, num_cpus=1)
+    return ds.drop_columns(list(columns.get("image_columns", ()))).to_pandas()
+
+
+def evaluate_many(evaluation: EvalConfig, world_dir: str | Path, models: dict[str, str],
+                  out_root: Path | None = None, reranker: str | None = None,
+                  reranker_cfg: RerankerConfig | None = None) -> dict[str, dict[str, float]]:
+    """Evaluate several embedders on the same splits in one Ray Data pass.
+
+    models: name -> a saved embedder directory. world_dir: the folder with the `test` and `compositional` splits.
+    With `out_root`, each model's `metrics.json`, `report.md` and `similarities.npz` (matched and unmatched test-set
+    similarities, for histograms) are written to `<out_root>/<name>/`. With a `reranker` directory, each model's
+    report also holds the retrieve-then-rerank metrics (`rerank_*`, UniME-V2's two modes; `reranker_cfg.pick_best_of`
+    candidates for the "best_of" mode).
+    """
+    world = Path(world_dir)
+    reranker_cfg = reranker_cfg or RerankerConfig()
+    test = embed_table(world / "test", models, evaluation.batch_size, image_columns=("image",),
+                       text_list_columns=("captions",))
+    bad = test["image_error"] != ""
+    if bad.any():
+        raise ValueError(f"{world / 'test'}: {int(bad.sum())} test images do not decode (first id "
+                         f"{test['id'][bad].iloc[0]}); validate the split first")
+    comp = embed_table(world / "compositional", models, evaluation.batch_size,
+                       image_columns=("image", "negative_image"), text_columns=("caption", "negative_caption"))
+    results = {}
+    for name in models:
+        captions = list(test[f"{name}/captions_emb"])
+        text_image_ids = [i for i, caps in zip(test["id"], captions) for _ in range(len(caps))]
+        image_emb, text_emb = np.stack(test[f"{name}/image_emb"]), np.concatenate(captions)
+        metrics = retrieval_report(list(test["id"]), image_emb, text_image_ids, text_emb, evaluation.recall_ks)
+        metrics.update(compositional_report(
+            list(comp["negative_type"]), comp["held_out"].to_numpy(), np.stack(comp[f"{name}/image_emb"]),
+            np.stack(comp[f"{name}/caption_emb"]), np.stack(comp[f"{name}/negative_caption_emb"]),
+            np.stack(comp[f"{name}/negative_image_emb"])))
+        if reranker:
+            view = lambda frame: frame.rename(columns={c: c.split("/", 1)[1] for c in frame.columns  # noqa: E731
+                                                       if c.startswith(f"{name}/")})
+            metrics.update(evaluate_with_reranker(reranker, world, view(test), view(comp), evaluation.recall_ks,
+                                                  evaluation.rerank_top_k, reranker_cfg.pick_best_of, reranker_cfg))
+        results[name] = metrics
+        if out_root is not None:
+            out = Path(out_root) / name
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+            (out / "report.md").write_text(to_markdown(metrics, f"Evaluation: {name}"))
+            sim = text_emb @ image_emb.T
+            index = {i: n for n, i in enumerate(test["id"])}
+            matched = np.zeros(sim.shape, bool)
+            matched[np.arange(len(text_image_ids)), [index[i] for i in text_image_ids]] = True
+            np.savez_compressed(out / "similarities.npz", matched=sim[matched], unmatched=sim[~matched])
+    return results
+
+
+def evaluate_with_reranker(reranker_dir: str, world_dir: str | Path, test, comp, ks: list[int],
+                           top_k_size: int = 10, m: int = 5, reranker_cfg: RerankerConfig | None = None
+                           ) -> dict[str, float]:
+    """The reranked metrics (`maple.eval.rerank`), to merge with the embedder's own.
+
+    reranker_dir: a saved reranker directory. world_dir: the folder with the `test` and `compositional` Parquet
+    splits. test, comp: the frames `embed_table` returned for them (ids in split order, with `image_emb`,
+    `captions_emb` / `caption_emb`); the images are read again here from the Parquet by id, since those frames drop
+    the bytes. reranker_cfg: the `reranker` config section, used where the directory is a plain checkpoint.
+    """
+    reranker = load_reranker(reranker_dir, reranker_cfg)
+    world_dir = Path(world_dir)
+
+    def images_by_id(split: str, column: str) -> dict[str, object]:
+        table = pq.read_table(world_dir / split, columns=["id", column]).to_pydict()
+        return {i: (decode_image(b) if b is not None else None) for i, b in zip(table["id"], table[column])}
+
+    test_images = images_by_id("test", "image")
+    ids = list(test["id"])
+    captions = [c for caps in test["captions"] for c in caps]
+    text_to_image = np.array([n for n, caps in enumerate(test["captions"]) for _ in caps])
+    out = rerank_report(reranker.score, [test_images[i] for i in ids], np.stack(test["image_emb"]), captions,
+                        text_to_image, np.concatenate([np.stack(list(e)) for e in test["captions_emb"]]), ks,
+                        top_k_size, m)
+    comp_images, comp_negatives = images_by_id("compositional", "image"), images_by_id("compositional",
+                                                                                        "negative_image")
+    cids = list(comp["id"])
+    out.update(compositional_rerank_report(
+        reranker.score, [comp_images[i] for i in cids], list(comp["caption"]), list(comp["negative_caption"]),
+        [comp_negatives[i] for i in cids], list(comp["negative_type"]), comp["held_out"].to_numpy()))
+    return out
