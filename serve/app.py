@@ -15,7 +15,10 @@ serve.embedder=models:/maple/1` (`maple serve`), or in Python `serve.run(build_a
 # No `from __future__ import annotations`: FastAPI reads the route annotations after Serve pickles the class, where
 # string annotations no longer resolve (bodies then parse as query parameters).
 import asyncio
+import ipaddress
+import logging
 import os
+import socket
 import sys
 
 import numpy as np
@@ -43,10 +46,12 @@ from maple.serving.api import (
     truncate_dimensions,
 )
 from maple.serving.config import ServeConfig
-from maple.serving.errors import ApiError
+from maple.serving.errors import ApiError, ItemError
 from maple.serving.http import GuardSettings, RequestGuard, install_error_handlers
-from maple.serving.inputs import Content, Limits, key_digest, parse_input, parse_inputs, to_content
+from maple.serving.inputs import Content, Limits, decoded, key_digest, parse_input, parse_inputs
+from maple.serving.pixels import PixelBudget
 
+logger = logging.getLogger("maple.serve")
 app = FastAPI(title="maple", summary="Image-text embeddings, reranking and search")
 install_error_handlers(app)
 
@@ -57,6 +62,17 @@ def _guard_settings() -> GuardSettings:
 
 
 app.add_middleware(RequestGuard, settings=_guard_settings)
+
+
+# Module functions that the deployments call are defined above them: Serve pickles a deployment class by value when
+# it is decorated, with the module globals that exist at that moment.
+def _warn_no_key(insecure: bool) -> None:
+    if insecure:
+        logger.warning("AUTH IS OFF: MAPLE_API_KEY is not set and serve.insecure=true, so every client that reaches "
+                       "this server may use it. Set MAPLE_API_KEY where the application is built.")
+    else:
+        logger.warning("MAPLE_API_KEY is not set: the API answers loopback clients (127.0.0.1, ::1) only and refuses "
+                       "every other client with 401. Set MAPLE_API_KEY, or serve.insecure=true to serve all.")
 
 
 def _total_inputs(chunks: list[list[Content]]) -> int:
@@ -84,19 +100,15 @@ class Embedder:
         return {"batches": self.batches, "inputs": self.batched_inputs}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_total_inputs)
-    async def embed(self, chunks: list[list[Content]]) -> list[tuple[np.ndarray, list[int]]]:
-        """Each call passes one chunk of a request's inputs (at most max_batch_size, cut by the Api)."""
-        from maple.serving.models import embed_contents
+    async def embed(self, chunks: list[list[Content]]) -> list[tuple[np.ndarray, list[int]] | ItemError]:
+        """Each call passes one chunk of a request's inputs (at most max_batch_size, cut by the Api). A chunk that
+        fails comes back as its own ItemError (maple.serving.models.embed_chunks): Serve would hand an exception
+        raised here to every caller of the batch."""
+        from maple.serving.models import embed_chunks
 
-        flat = [item for chunk in chunks for item in chunk]
-        self.batches, self.batched_inputs = self.batches + 1, self.batched_inputs + len(flat)
+        self.batches, self.batched_inputs = self.batches + 1, self.batched_inputs + _total_inputs(chunks)
         # In a thread: the replica keeps queueing the next batch while this one runs.
-        vectors, tokens = await asyncio.to_thread(embed_contents, self.model, flat)
-        out, start = [], 0
-        for chunk in chunks:
-            out.append((vectors[start:start + len(chunk)], tokens[start:start + len(chunk)]))
-            start += len(chunk)
-        return out
+        return await asyncio.to_thread(embed_chunks, self.model, chunks)
 
 
 @serve.deployment(max_ongoing_requests=32)
@@ -115,8 +127,10 @@ class Reranker:
         return self.card
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def rerank(self, requests: list[tuple[Content, list[Content]]]) -> list[list[float]]:
-        return await asyncio.to_thread(lambda: [self.model.score(query, docs) for query, docs in requests])
+    async def rerank(self, requests: list[tuple[Content, list[Content]]]) -> list[list[float] | ItemError]:
+        from maple.serving.models import score_each
+
+        return await asyncio.to_thread(score_each, self.model, requests)
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
@@ -150,7 +164,11 @@ class Api:
                        config: dict, api_key_digest: str | None):
         self.cfg = ServeConfig.model_validate(config)
         self.limits = Limits.from_config(self.cfg)
-        self.guard = GuardSettings(self.cfg.max_body_bytes, api_key_digest)
+        self.pixels = PixelBudget(self.cfg.max_replica_pixels, self.cfg.pixel_budget_wait_s)
+        self.guard = GuardSettings(self.cfg.max_body_bytes, api_key_digest,
+                                   loopback_only=api_key_digest is None and not self.cfg.insecure)
+        if api_key_digest is None:
+            _warn_no_key(self.cfg.insecure)
         self.embedder, self.reranker, self.search_index = embedder, reranker, search
         self.embedder_card, self.reranker_card, self.index_info = await asyncio.gather(
             embedder.model_card.remote(), reranker.model_card.remote(), search.info.remote())
@@ -167,11 +185,20 @@ class Api:
             raise ApiError(404, f"model {requested!r} is not served here; this server runs {card.id!r} "
                                 f"(version {card.version}); see GET /v1/models", "model_not_found", "model")
 
-    async def _embed(self, contents: list[Content]) -> tuple[np.ndarray, list[int]]:
+    async def _embed(self, contents: list[Content], param: str = "input") -> tuple[np.ndarray, list[int]]:
         size = self.cfg.max_batch_size
         parts = await asyncio.gather(*(self.embedder.embed.remote(contents[i:i + size])
                                        for i in range(0, len(contents), size)))
+        for k, part in enumerate(parts):
+            if isinstance(part, ItemError):
+                raise part.to_api_error(offset=k * size, param=param)
         return np.concatenate([p[0] for p in parts]), [n for p in parts for n in p[1]]
+
+    async def _rerank(self, query: Content, documents: list[Content]) -> list[float]:
+        scores = await self.reranker.rerank.remote((query, documents))
+        if isinstance(scores, ItemError):
+            raise scores.to_api_error(param="documents")
+        return scores
 
     # --- routes --------------------------------------------------------------------------------------------------
     @app.get("/health")
@@ -189,8 +216,8 @@ class Api:
         if body.dimensions is not None and body.dimensions > (self.embedder_card.dimensions or 0):
             raise ApiError(422, f"dimensions={body.dimensions} exceeds the model's embedding size "
                                 f"{self.embedder_card.dimensions}", "invalid_dimensions", "dimensions")
-        contents = await to_content(parse_inputs(body.input, self.limits, "input"), self.limits)
-        vectors, tokens = await self._embed(contents)
+        async with decoded(parse_inputs(body.input, self.limits, "input"), self.limits, self.pixels) as contents:
+            vectors, tokens = await self._embed(contents)
         vectors = truncate_dimensions(vectors, body.dimensions)
         return EmbeddingResponse(
             data=[Embedding(index=i, embedding=encode_embedding(v, body.encoding_format))
@@ -203,8 +230,8 @@ class Api:
         self._check_model(body.model, self.reranker_card)
         query = parse_input(body.query, self.limits, "query")
         documents = parse_inputs(body.documents, self.limits, "documents")
-        query_content, *doc_contents = await to_content([query, *documents], self.limits)
-        scores = await self.reranker.rerank.remote((query_content, doc_contents))
+        async with decoded([query, *documents], self.limits, self.pixels) as (query_content, *doc_contents):
+            scores = await self._rerank(query_content, doc_contents)
         order = sorted(range(len(scores)), key=lambda i: -scores[i])[:body.top_n]
         results = [RerankResult(index=i, relevance_score=scores[i],
                                 document={documents[i].kind: documents[i].value} if body.return_documents else None)
@@ -222,15 +249,15 @@ class Api:
             raise ApiError(422, f"top_k={body.top_k} exceeds the limit {self.cfg.max_top_k} (serve.max_top_k)",
                            "top_k_too_large", "top_k")
         query = parse_input(body.query, self.limits, "query")
-        (query_content,) = await to_content([query], self.limits)
-        vectors, _ = await self._embed([query_content])
         depth = max(body.top_k, self.cfg.rerank_depth) if body.rerank else body.top_k
-        hits = await self.search_index.search.remote(vectors[0], depth, body.rerank)
-        if body.rerank and hits:
-            scores = await self.reranker.rerank.remote((query_content, [h.pop("content") for h in hits]))
-            for hit, score in zip(hits, scores):
-                hit["rerank_score"] = score
-            hits.sort(key=lambda h: -h["rerank_score"])
+        async with decoded([query], self.limits, self.pixels) as (query_content,):
+            vectors, _ = await self._embed([query_content], param="query")
+            hits = await self.search_index.search.remote(vectors[0], depth, body.rerank)
+            if body.rerank and hits:
+                scores = await self._rerank(query_content, [h.pop("content") for h in hits])
+                for hit, score in zip(hits, scores):
+                    hit["rerank_score"] = score
+                hits.sort(key=lambda h: -h["rerank_score"])
         return SearchResponse(data=[SearchHit(**h) for h in hits[:body.top_k]], model=self.embedder_card.id,
                               model_version=self.embedder_card.version,
                               reranker=f"{self.reranker_card.id}:{self.reranker_card.version}" if body.rerank
@@ -241,7 +268,8 @@ def build_app(args: dict | None = None) -> Application:
     """The application builder named in serve/config.yaml (`import_path: serve.app:build_app`).
 
     args: ServeConfig keys (embedder, reranker, index, limits, batching); an unknown key is an error. The bearer
-    key is read from MAPLE_API_KEY where the application is built; only its SHA-256 reaches the replicas.
+    key is read from MAPLE_API_KEY where the application is built; only its SHA-256 reaches the replicas. Without a
+    key the API serves loopback clients only, unless `insecure: true` (docs/security.md).
     """
     try:
         cfg = ServeConfig.model_validate(dict(args or {}))
@@ -249,25 +277,56 @@ def build_app(args: dict | None = None) -> Application:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"serve.app:build_app args (the application's `args:` in the Serve config): {problems}; "
                          f"known keys: {sorted(ServeConfig.model_fields)}") from None
+    digest = key_digest(os.environ.get("MAPLE_API_KEY"))
+    if digest is None:
+        _warn_no_key(cfg.insecure)
     embedder = Embedder.bind(cfg.embedder, cfg.device, cfg.mlflow_tracking_uri, cfg.max_batch_size,
                              cfg.batch_wait_timeout_s)
     reranker = Reranker.bind(cfg.reranker, cfg.device, cfg.mlflow_tracking_uri, cfg.rerank_max_batch_size,
                              cfg.batch_wait_timeout_s)
-    return Api.bind(embedder, reranker, Search.bind(cfg.index), cfg.model_dump(),
-                    key_digest(os.environ.get("MAPLE_API_KEY")))
+    return Api.bind(embedder, reranker, Search.bind(cfg.index), cfg.model_dump(), digest)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when every address `host` names is a loopback address (a name is resolved)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%", 1)[0]).is_loopback for a in addresses)
+
+
+def check_exposure(host: str, has_key: bool, insecure: bool) -> None:
+    """Refuse to listen beyond loopback without a key unless told to (`--insecure`)."""
+    if has_key or is_loopback_host(host):
+        return
+    if not insecure:
+        raise SystemExit(f"refusing to serve on {host} without MAPLE_API_KEY: anyone who reaches {host} could use "
+                         "the models. Export MAPLE_API_KEY, serve on 127.0.0.1, or pass --insecure "
+                         "(serve.insecure=true) to serve without a key.")
+    print(f"WARNING: serving on {host} WITHOUT AUTH (--insecure): anyone who reaches it can use the API",
+          file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`maple serve --config recipe.yaml serve.embedder=...`: the application on this machine's Ray, blocking."""
+    """`maple serve [--insecure] --config recipe.yaml serve.embedder=...`: the application on this machine's Ray,
+    blocking. `--insecure` is `serve.insecure=true`."""
     from maple.runtime import init_ray, parse_config
 
-    cfg = parse_config(argv, "Serve embeddings, reranking and search over HTTP (Ray Serve).")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    insecure = "--insecure" in argv
+    cfg = parse_config([a for a in argv if a != "--insecure"],
+                       "Serve embeddings, reranking and search over HTTP (Ray Serve). --insecure: serve beyond "
+                       "loopback without MAPLE_API_KEY.")
+    cfg.serve.insecure = cfg.serve.insecure or insecure
+    check_exposure(cfg.serve.host, bool(os.environ.get("MAPLE_API_KEY")), cfg.serve.insecure)
     init_ray(cfg.run)
     serve_blocking(cfg)
 
 
 def serve_blocking(cfg) -> None:
-    """Deploy the application on the connected Ray and block until Ctrl-C (`maple serve`, `maple demo --serve`)."""
+    """Deploy the application on the connected Ray and block until Ctrl-C (`maple serve`, `maple demo --serve`);
+    `main` has checked the host (`check_exposure`)."""
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(build_app(cfg.serve.model_dump()), name="maple", route_prefix="/")
     print(f"maple is serving on http://{cfg.serve.host}:{cfg.serve.port} (docs/serving.md); Ctrl-C stops it",

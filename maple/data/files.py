@@ -2,6 +2,9 @@
 
 A stage's output shard is how a re-run knows the work is done (idempotent resume), so a crash must never leave a
 half-written file under the final name. Renames within one folder are atomic on POSIX filesystems.
+
+A folder output carries a marker file (OUTPUT_MARKER), and an existing folder is replaced only when it carries one
+(or is empty): output paths are user settings (`serve.index=...`), and a typo must not delete someone's data.
 """
 
 from __future__ import annotations
@@ -20,11 +23,34 @@ def temporary_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def publish(tmp: str | Path, path: str | Path) -> None:
-    """Move a finished temporary file or folder onto `path`, replacing what is there."""
+OUTPUT_MARKER = ".maple-output"  # in every folder published here: what may be replaced by the next publish
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Raise unless the folder `path` is absent, empty, or an earlier maple output (it holds OUTPUT_MARKER)."""
     path = Path(path)
-    if Path(tmp).is_dir() and path.exists():
-        shutil.rmtree(path)
+    if path.is_symlink() or path.is_file():
+        raise FileExistsError(f"{path} is a {'link' if path.is_symlink() else 'file'}, not a folder maple wrote; "
+                              "choose another output path or remove it yourself")
+    if not path.is_dir() or (path / OUTPUT_MARKER).is_file():
+        return
+    found = sorted(p.name for p in path.iterdir())
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise FileExistsError(f"{path} holds files maple did not write ({shown}); maple replaces only its own "
+                              f"outputs (marked by {OUTPUT_MARKER}). Choose another output path, or remove the "
+                              "folder yourself if it is yours to delete")
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Move a finished temporary file or folder onto `path`, replacing what is there (a folder only when
+    `check_replaceable` allows it)."""
+    path = Path(path)
+    if Path(tmp).is_dir():
+        check_replaceable(path)
+        (Path(tmp) / OUTPUT_MARKER).write_text("written by maple; the folder is replaced by the next run\n")
+        if path.exists():
+            shutil.rmtree(path)
     os.replace(tmp, path)
 
 
@@ -40,6 +66,8 @@ def discard(tmp: str | Path) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write (a file, or a folder the block creates); on success it replaces `path`, on
     an error it is removed and `path` is left as it was."""
+    if Path(path).is_dir():
+        check_replaceable(path)  # before the work, not after it
     tmp = temporary_path(path)
     discard(tmp)
     try:
@@ -47,3 +75,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         publish(tmp, path)
     finally:
         discard(tmp)
+
+
+def clear_partial_output(folder: str | Path, suffix: str = ".parquet") -> None:
+    """Remove a folder that an interrupted writer (Ray Data's `write_parquet`) left half-written: only when every
+    entry is a file ending in `suffix`; anything else is an error naming the folder."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    other = [p.name for p in folder.iterdir() if not (p.is_file() and not p.is_symlink() and p.name.endswith(suffix))]
+    if other or folder.is_symlink():
+        raise FileExistsError(f"{folder} holds {', '.join(sorted(other)[:5]) or 'a link'}, not only {suffix} part "
+                              "files of an interrupted write; remove it yourself or choose another output folder")
+    shutil.rmtree(folder)

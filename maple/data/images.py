@@ -2,7 +2,8 @@
 
 Every stage that needs pixels calls `decode_image`; every rejection is an `ImageError` whose `reason` is a short
 machine-readable word that validation writes to the quarantine (`empty`, `corrupt`, `too_large`, `too_small`,
-`extreme_aspect_ratio`, `unsupported_mode`, `bad_base64`, `bad_data_url`, `wrong_type`).
+`extreme_aspect_ratio`, `unsupported_mode`, `bad_base64`, `bad_data_url`, `wrong_type`). Only ACCEPTED_FORMATS
+are opened: bytes of any other format (EPS, PSD, ICO, ...) are `corrupt`, never handed to another PIL plugin.
 
 Size limits are checked on the header (`Image.open` parses only the header) before the pixels are decoded, so a
 decompression bomb is refused without allocating it. PIL's own guard (`Image.MAX_IMAGE_PIXELS`, raising
@@ -33,6 +34,10 @@ _DEFAULTS = DataConfig.model_fields
 DEFAULT_MAX_PIXELS: int = _DEFAULTS["max_image_pixels"].default
 DEFAULT_MIN_SIDE: int = _DEFAULTS["min_image_side"].default
 DEFAULT_MAX_ASPECT_RATIO: float = _DEFAULTS["max_aspect_ratio"].default
+
+# The only formats PIL may open here (its plugin names). PIL parses whatever its ~40 plugins recognise, and some
+# hand the bytes to other programs (EPS runs Ghostscript); these cover what photo datasets and clients send.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 # Encoded formats that travel unchanged when the image is already plain RGB; anything else is re-encoded as PNG so
 # that downstream readers (browsers, MLLM processors) meet only these two.
@@ -74,10 +79,26 @@ def image_format(data: bytes) -> str:
     if not data:
         raise ImageError("empty", "no bytes")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
             return _format_name(img.format)
     except Image.DecompressionBombError as e:
         raise ImageError("too_large", str(e)) from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for unreadable headers
+        raise ImageError("corrupt", f"{type(e).__name__}: {e}") from None
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) read from the header, nothing decoded; ImageError for bytes that are not an accepted image."""
+    if not data:
+        raise ImageError("empty", "no bytes")
+    try:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
+            return img.size
+    except Image.DecompressionBombError as e:
+        raise ImageError("too_large", str(e)) from None
+    except UnidentifiedImageError:
+        raise ImageError("corrupt", f"not a recognised image format ({len(data)} bytes; accepted: "
+                                    f"{', '.join(ACCEPTED_FORMATS)})") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for unreadable headers
         raise ImageError("corrupt", f"{type(e).__name__}: {e}") from None
 
@@ -131,11 +152,12 @@ def decode_image_detailed(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, 
     if not data:
         raise ImageError("empty", "no bytes")
     try:
-        img = Image.open(io.BytesIO(data))  # parses the header only
+        img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)  # parses the header only
     except Image.DecompressionBombError as e:
         raise ImageError("too_large", str(e)) from None
     except UnidentifiedImageError:
-        raise ImageError("corrupt", f"not a recognised image format ({len(data)} bytes)") from None
+        raise ImageError("corrupt", f"not a recognised image format ({len(data)} bytes; accepted: "
+                                    f"{', '.join(ACCEPTED_FORMATS)})") from None
     except Exception as e:  # noqa: BLE001 - a broken header surfaces as many exception types
         raise ImageError("corrupt", f"{type(e).__name__}: {e}") from None
     fmt = _format_name(img.format)

@@ -5,12 +5,14 @@ a Ray Dataset, and it runs the same on a dict of Python lists in a test or a not
 every input row comes out exactly once, either good or quarantined with a reason.
 
 Input columns (the readers' raw rows): `id`, `image` (encoded bytes), `captions` (list of str; a lone str is read
-as one caption), `source`, and optionally `annotation` (str; a dict is stored as JSON) and `_quarantine_reason` (set
-by a reader that already knows a row is unusable, e.g. `missing_file`). Other columns are ignored.
+as one caption), `source`, and optionally `annotation` (str; a dict is stored as JSON), `_quarantine_reason` (set
+by a reader that already knows a row is unusable, e.g. `missing_file`) and `_quarantine_detail` (what the reader
+found, naming the file; kept in the quarantine row). Other columns are ignored.
 
 Checks, in order, the first failure naming the row's reason:
   - a reader's `_quarantine_reason`;
   - `missing_field:<name>` (column absent, value null, or an empty id) and `wrong_type:<name>`;
+  - `invalid_utf8:<name>`: an id, caption or source holding lone surrogates, which Arrow cannot store;
   - `duplicate_id`: the id of a good row earlier in this batch (the first good occurrence is kept; ids repeated
     across batches are not visible to a batch function);
   - `empty_caption`: no caption left once blank ones are removed (a blank string is the absence of a caption, so
@@ -36,6 +38,7 @@ from maple.data.schema import PAIRS_SCHEMA, QUARANTINE_SCHEMA
 PAIRS_COLUMNS = PAIRS_SCHEMA.names
 QUARANTINE_COLUMNS = QUARANTINE_SCHEMA.names
 READER_REASON = "_quarantine_reason"  # the column a reader sets for a row it already knows is unusable
+READER_DETAIL = "_quarantine_detail"  # what the reader found and where (file, member, row), for the quarantine row
 
 
 class _Reject(Exception):
@@ -63,6 +66,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _check_utf8(value: str, name: str) -> str:
+    """A str holding lone surrogates (a JSON "\\ud800" escape) cannot be stored as Arrow's UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _Reject(f"invalid_utf8:{name}", str(e)) from None
+    return value
+
+
+def storable_text(value: str) -> str:
+    """`value` with lone surrogates replaced by U+FFFD, so that Arrow can store it (a quarantined row's id, a reader's
+    text from JSON escapes or tar names decoded with surrogateescape)."""
+    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def _check_id(value: Any) -> str:
     if _is_null(value):
         raise _Reject("missing_field:id")
@@ -72,7 +90,7 @@ def _check_id(value: Any) -> str:
         raise _Reject("wrong_type:id", f"{type(value).__name__}")
     if not value.strip():
         raise _Reject("missing_field:id", "empty id")
-    return value
+    return _check_utf8(value, "id")
 
 
 def _check_captions(value: Any, max_chars: int) -> list[str]:
@@ -88,7 +106,7 @@ def _check_captions(value: Any, max_chars: int) -> list[str]:
             continue
         if not isinstance(c, str):
             raise _Reject("wrong_type:captions", f"a caption is {type(c).__name__}")
-        c = c.strip()
+        c = _check_utf8(c.strip(), "captions")
         if len(c) > max_chars:
             raise _Reject("caption_too_long", f"{len(c)} characters > max_caption_chars {max_chars}")
         if c:
@@ -107,7 +125,7 @@ def _check_text(value: Any, name: str, required: bool) -> str | None:
         return json.dumps(value)
     if not isinstance(value, str):
         raise _Reject(f"wrong_type:{name}", f"{type(value).__name__}")
-    return value
+    return _check_utf8(value, name)
 
 
 def _row_json(row: dict[str, Any], detail: str) -> str:
@@ -117,11 +135,12 @@ def _row_json(row: dict[str, Any], detail: str) -> str:
     for key, value in row.items():
         if isinstance(value, (bytes, bytearray, memoryview)):
             out[f"{key}_bytes"] = len(value)
-        elif key != READER_REASON:
+        elif key not in (READER_REASON, READER_DETAIL):
             out[key] = value
     if detail:
         out["detail"] = detail
-    return json.dumps(out, default=str, ensure_ascii=False)
+    # ensure_ascii: a lone surrogate in a rejected value stays an escape, which Arrow can store
+    return json.dumps(out, default=str, ensure_ascii=True)
 
 
 def validate_pairs(batch: dict[str, list | np.ndarray], cfg: DataConfig, stage: str
@@ -141,7 +160,8 @@ def validate_pairs(batch: dict[str, list | np.ndarray], cfg: DataConfig, stage: 
         row = {k: _plain(v[i]) for k, v in batch.items()}
         try:
             if not _is_null(row.get(READER_REASON)):
-                raise _Reject(str(row[READER_REASON]))
+                detail = row.get(READER_DETAIL)
+                raise _Reject(str(row[READER_REASON]), "" if _is_null(detail) else str(detail))
             for name in ("id", "image", "captions", "source"):
                 if name not in batch:
                     raise _Reject(f"missing_field:{name}", f"no column {name!r} in the batch")
@@ -163,8 +183,8 @@ def validate_pairs(batch: dict[str, list | np.ndarray], cfg: DataConfig, stage: 
                 raise _Reject(e.reason, e.detail) from None
         except _Reject as r:
             rid, src = row.get("id"), row.get("source")
-            bad["id"].append(None if _is_null(rid) else str(rid))
-            bad["source"].append(src if isinstance(src, str) else None)
+            bad["id"].append(None if _is_null(rid) else storable_text(str(rid)))
+            bad["source"].append(storable_text(src) if isinstance(src, str) else None)
             bad["stage"].append(stage)
             bad["reason"].append(r.reason)
             bad["row"].append(_row_json(row, r.detail))

@@ -1,5 +1,7 @@
 from typing import Literal
 
+from pydantic import model_validator
+
 from maple.section import Section
 
 
@@ -10,6 +12,9 @@ class ServeConfig(Section):
 
     host: str = "127.0.0.1"  # `maple serve` only; `serve run/deploy` take http_options from serve/config.yaml
     port: int = 8000
+    # Without MAPLE_API_KEY the API answers loopback clients only, and `maple serve` refuses a non-loopback host;
+    # insecure=true (`maple serve --insecure`) serves everyone without a key, and says so loudly in the log.
+    insecure: bool = False
     embedder: str | None = None
     reranker: str | None = None
     index: str | None = None  # a folder written by jobs/index.py; None: /v1/search answers 503
@@ -26,6 +31,13 @@ class ServeConfig(Section):
     max_inputs: int = 256  # embedding inputs or rerank documents per request
     max_text_chars: int = 8192
     max_image_pixels: int = 16_000_000
+    # Decoded pixels: a 4000x4000 PNG of one colour is a 75 KB data URL that decodes to 48 MB, so bytes do not bound
+    # memory. Per request, the images' pixels (read from their headers, before decoding) add up to at most
+    # max_request_pixels (over it: 413); per ingress replica, the requests being decoded and embedded hold at most
+    # max_replica_pixels, and a request waits up to pixel_budget_wait_s for its share (then 503, retry).
+    max_request_pixels: int = 32_000_000
+    max_replica_pixels: int = 128_000_000
+    pixel_budget_wait_s: float = 30.0
     max_body_bytes: int = 32_000_000
     allow_image_urls: bool = False  # the server fetches http(s) image URLs only when true
     image_url_timeout_s: float = 10.0
@@ -33,3 +45,11 @@ class ServeConfig(Section):
     corpus: str | None = None  # Parquet pairs (PAIRS_SCHEMA); None: <run.output_dir>/world/test
     corpus_modality: Literal["image", "text"] = "image"
     index_kind: Literal["auto", "exact", "ivf", "hnsw"] = "auto"
+
+    @model_validator(mode="after")
+    def _pixel_limits_nest(self):
+        if not self.max_image_pixels <= self.max_request_pixels <= self.max_replica_pixels:
+            raise ValueError(f"pixel limits must nest: max_image_pixels ({self.max_image_pixels}) <= "
+                             f"max_request_pixels ({self.max_request_pixels}) <= max_replica_pixels "
+                             f"({self.max_replica_pixels})")
+        return self

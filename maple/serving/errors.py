@@ -33,3 +33,20 @@ class ApiError(Exception):
 def error_body(status: int, message: str, code: str, param: str | None = None) -> dict[str, Any]:
     kind = _TYPES.get(status, "invalid_request_error" if status < 500 else "internal_error")
     return {"error": {"message": message, "type": kind, "code": code, "param": param}}
+
+
+class ItemError:
+    """What a batched model call returns, as a value, for a caller whose input failed inside the batch: `@serve.batch`
+    hands an exception raised by the batch to every caller in it, so the batch catches and returns it per caller.
+    `index`: the failing input's position in that caller's chunk (None: the chunk as a whole)."""
+
+    def __init__(self, index: int | None, message: str):
+        self.index, self.message = index, message
+
+    def to_api_error(self, offset: int = 0, param: str = "input") -> ApiError:
+        """The HTTP error of the caller: 422 naming the input when one input fails alone; 500 otherwise (every input
+        of the chunk works alone, so the failure is not the request's)."""
+        if self.index is None:
+            return ApiError(500, f"the model failed on this request ({self.message}); retry", "internal_error")
+        where = f"{param}[{offset + self.index}]"
+        return ApiError(422, f"{where} could not be embedded ({self.message})", "invalid_input", where)

@@ -3,6 +3,7 @@ parses anything, and the exception handlers that turn every failure into `{"erro
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -25,11 +26,23 @@ OPEN_PATHS = ("/health",)  # liveness probes need no key
 class GuardSettings:
     max_body_bytes: int
     api_key_digest: str | None
+    loopback_only: bool = False  # no key and not `insecure`: clients beyond loopback get 401
+
+
+def is_loopback_client(client: tuple[str, int] | None) -> bool:
+    """The ASGI scope's client (the peer of the proxy's socket, not a header a client could forge)."""
+    if not client:
+        return False
+    try:
+        return ipaddress.ip_address(client[0].split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class RequestGuard:
-    """ASGI middleware: 401 without the bearer token (when one is configured), 413 for a body over the limit —
-    judged on Content-Length when sent and on the bytes actually received otherwise (chunked uploads)."""
+    """ASGI middleware: 401 without the bearer token (when one is configured), 401 for a client beyond loopback
+    when no key is configured (unless `insecure`), 413 for a body over the limit — judged on Content-Length when
+    sent and on the bytes actually received otherwise (chunked uploads)."""
 
     def __init__(self, app, settings: Callable[[], GuardSettings]):
         self.app, self.settings = app, settings
@@ -41,6 +54,10 @@ class RequestGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
             if scope.get("path", "") not in OPEN_PATHS:
+                if settings.loopback_only and not is_loopback_client(scope.get("client")):
+                    raise ApiError(401, "this server has no API key (MAPLE_API_KEY is unset) and serves loopback "
+                                        "clients only; its operator must set MAPLE_API_KEY (or serve.insecure=true)",
+                                   "api_key_not_configured")
                 check_bearer(headers.get("authorization"), settings.api_key_digest)
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:

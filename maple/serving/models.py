@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maple.models.checkpoint import resolve_device
+from maple.models.checkpoint import inference_precision, resolve_device, to_device
 from maple.models.config import ModelConfig, RerankerConfig
 from maple.models.embedder import Embedder
 from maple.models.families import build_embedder, build_reranker, load_embedder, load_reranker
 from maple.serving.api import ModelCard
+from maple.serving.errors import ItemError
 from maple.serving.inputs import Content
 from maple.tracking import model_dir
 
@@ -104,12 +105,60 @@ def embed_contents(model: Embedder, contents: list[Content]) -> tuple[np.ndarray
         if "window_owner" in inputs:  # long texts come as windows (MATE): a text's tokens are its windows' sum
             counts = torch.zeros(len(text_at), dtype=counts.dtype).index_add_(0, inputs["window_owner"], counts)
         counts = counts.tolist()
-        out = model.embed_texts(**{k: v.to(device) for k, v in inputs.items()})
+        with inference_precision(device):
+            out = model.embed_texts(**to_device(inputs, device))
         vectors[text_at] = out.float().cpu().numpy()
         for i, n in zip(text_at, counts):
             tokens[i] = int(n)
     if image_at:
         inputs = model.preprocess([contents[i] for i in image_at])
-        out = model.embed_images(**{k: v.to(device) for k, v in inputs.items()})
+        with inference_precision(device):
+            out = model.embed_images(**to_device(inputs, device))
         vectors[image_at] = out.float().cpu().numpy()
     return vectors, tokens
+
+
+def _failure(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def embed_chunks(model: Embedder, chunks: list[list[Content]]) -> list[tuple[np.ndarray, list[int]] | ItemError]:
+    """The Embedder's batch: every caller's chunk in one forward pass; each caller gets its (vectors (n, D), token
+    counts), or an ItemError when its own input fails.
+
+    The ingress checks every input before a batch forms, so a failure here is unexpected; when the batch raises,
+    each chunk runs alone, and a chunk that fails alone is searched input by input for the culprit. The other
+    callers' results are what they would get alone (an embedding does not depend on its batch-mates)."""
+    try:
+        vectors, tokens = embed_contents(model, [item for chunk in chunks for item in chunk])
+    except Exception:  # noqa: BLE001 - whatever the model raises, it must not reach the other callers
+        return [_embed_alone(model, chunk) for chunk in chunks]
+    out, start = [], 0
+    for chunk in chunks:
+        out.append((vectors[start:start + len(chunk)], tokens[start:start + len(chunk)]))
+        start += len(chunk)
+    return out
+
+
+def _embed_alone(model: Embedder, chunk: list[Content]) -> tuple[np.ndarray, list[int]] | ItemError:
+    try:
+        return embed_contents(model, chunk)
+    except Exception as exc:  # noqa: BLE001
+        whole = _failure(exc)
+    for i, item in enumerate(chunk):
+        try:
+            embed_contents(model, [item])
+        except Exception as exc:  # noqa: BLE001
+            return ItemError(i, _failure(exc))
+    return ItemError(None, whole)
+
+
+def score_each(model, requests: list[tuple[Content, list[Content]]]) -> list[list[float] | ItemError]:
+    """The Reranker's batch: each (query, documents) scored on its own; a request that fails gets its ItemError."""
+    out: list[list[float] | ItemError] = []
+    for query, documents in requests:
+        try:
+            out.append(model.score(query, documents))
+        except Exception as exc:  # noqa: BLE001 - one request's failure is that request's only
+            out.append(ItemError(None, _failure(exc)))
+    return out

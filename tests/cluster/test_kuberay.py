@@ -204,7 +204,7 @@ def test_every_pod_mounts_the_shared_volume_where_the_cluster_recipe_writes(name
 @pytest.mark.parametrize("name", MANIFESTS)
 def test_every_ray_container_gets_the_mlflow_tracking_uri(name):
     for group in all_groups(name):
-        env = {e["name"]: e["value"] for e in container(group).get("env", [])}
+        env = {e["name"]: e.get("value") for e in container(group).get("env", [])}
         assert env["MLFLOW_TRACKING_URI"] == "${MLFLOW_TRACKING_URI}"
 
 
@@ -265,3 +265,21 @@ def test_rayservice_serves_the_application_of_serve_config_yaml():
     (app,) = serve_applications(load("rayservice.yaml")["spec"]["serveConfigV2"])
     local = serve_applications((REPO / "serve" / "config.yaml").read_text())
     assert [(a.name, a.import_path, a.route_prefix) for a in local] == [(app.name, app.import_path, app.route_prefix)]
+
+
+API_KEY_SECRET = {"name": "maple-api-key", "key": "api-key"}
+
+
+def test_every_serving_pod_reads_the_api_key_from_a_secret_not_the_manifest():
+    """The proxies listen on 0.0.0.0 (serveConfigV2): without a key the API would be open to the cluster network.
+    The key comes from a Kubernetes Secret that the pods require (no `optional`), never a literal in the manifest."""
+    http = yaml.safe_load(load("rayservice.yaml")["spec"]["serveConfigV2"])["http_options"]
+    assert http["host"] == "0.0.0.0"
+    for group in all_groups("rayservice.yaml"):
+        (entry,) = [e for e in container(group)["env"] if e["name"] == "MAPLE_API_KEY"]
+        assert "value" not in entry and entry["valueFrom"] == {"secretKeyRef": API_KEY_SECRET}
+
+
+def test_the_docs_create_the_api_key_secret_the_rayservice_reads():
+    for text in ((REPO / "docs" / "cluster.md").read_text(), (KUBERAY / "rayservice.yaml").read_text()):
+        assert f"kubectl create secret generic {API_KEY_SECRET['name']} --from-literal={API_KEY_SECRET['key']}=" in text

@@ -5,9 +5,12 @@ run directly in the test process."""
 from __future__ import annotations
 
 import base64
+import io
 import os
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,7 +25,8 @@ from tests.fixtures.serve import REGISTERED_NAME
 
 KEY = "test-key"
 LIMITS = dict(max_inputs=8, max_text_chars=200, max_image_pixels=128 * 128, max_body_bytes=200_000, max_top_k=20,
-              rerank_depth=10)
+              rerank_depth=10, max_request_pixels=3 * 128 * 128, max_replica_pixels=6 * 128 * 128,
+              pixel_budget_wait_s=120)
 
 
 def free_port() -> int:
@@ -181,6 +185,21 @@ def test_search_with_rerank_orders_the_retrieved_candidates_by_the_reranker(serv
 # --- errors -------------------------------------------------------------------------------------------------------
 
 PNG_200 = data_url(Image.new("RGB", (200, 200)))  # 40 000 pixels > 128 × 128
+PNG_128 = data_url(Image.new("RGB", (128, 128), (40, 90, 200)))
+
+
+@cache
+def bomb() -> str:
+    """A 4000 x 4000 PNG of one colour: a 75 KB data URL, 48 MB once decoded."""
+    return data_url(Image.new("L", (4000, 4000)))
+
+
+def eps() -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, format="EPS")  # PIL would hand it to Ghostscript
+    return "data:image/eps;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 ERRORS = [
     ("/v1/embeddings", {"input": ["x"] * 9}, 413, "too_many_inputs"),
     ("/v1/embeddings", {"input": "x" * 201}, 413, "text_too_long"),
@@ -189,6 +208,10 @@ ERRORS = [
     ("/v1/embeddings", {"input": [{"image": "%%%not base64"}]}, 422, "invalid_image"),
     ("/v1/embeddings", {"input": [{"image": "https://example.com/a.png"}]}, 422, "image_urls_disabled"),
     ("/v1/embeddings", {"input": [[1, 2, 3]]}, 422, "invalid_input"),
+    ("/v1/embeddings", {"input": ["fine", "a lone \ud800 surrogate"]}, 422, "invalid_input"),
+    ("/v1/embeddings", {"input": [{"image": PNG_128}] * 4}, 413, "too_many_pixels"),
+    ("/v1/embeddings", {"input": [{"image": eps()}]}, 422, "invalid_image"),
+    ("/v1/embeddings", {"input": [{"image": PNG_128[:300]}]}, 422, "invalid_image"),
     ("/v1/embeddings", {"input": []}, 422, "invalid_input"),
     ("/v1/embeddings", {"model": "gpt-4", "input": "x"}, 404, "model_not_found"),
     ("/v1/embeddings", {"input": "x", "dimensions": 65}, 422, "invalid_dimensions"),
@@ -230,29 +253,124 @@ def test_unknown_routes_are_404_with_an_error_body(server):
     assert post(server, "/v1/chat/completions", {}).json()["error"]["code"] == "not_found"
 
 
-def test_valid_requests_succeed_under_load_mixed_with_invalid_ones(server, embedder):
-    texts = [f"a small {c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "diamond")]
-    reference = embedder.encode_texts(texts).numpy()
-    invalid = [body for path, body, _, _ in ERRORS if path == "/v1/embeddings"]
+def test_an_input_that_breaks_the_model_fails_only_its_caller_inside_a_shared_batch(server, embedder):
+    """Straight to the Embedder (the ingress would refuse the text with 422): `@serve.batch` puts concurrent calls in
+    one batch, and the failing chunk must come back to its caller alone."""
+    from ray import serve
 
-    def call(i: int):
+    from maple.serving.errors import ItemError
+
+    handle = serve.get_deployment_handle("Embedder", app_name="maple")
+    chunks = [[f"a small shape number {i}"] for i in range(10)]
+    chunks[3], chunks[7] = ["fine", "a lone \ud800 surrogate"], ["\udfff"]
+    stats = handle.batch_stats.remote().result()
+    results = [r.result() for r in [handle.embed.remote(chunk) for chunk in chunks]]
+    assert handle.batch_stats.remote().result()["batches"] - stats["batches"] < len(chunks)  # they shared batches
+    assert [(r.index if isinstance(r, ItemError) else None) for r in results] == [None] * 3 + [1] + [None] * 3 + \
+        [0] + [None] * 2
+    for chunk, result in zip(chunks, results):
+        if not isinstance(result, ItemError):
+            np.testing.assert_allclose(result[0], embedder.encode_texts(chunk).numpy(), atol=1e-5)
+
+
+def _bad_requests() -> list[tuple[str, str, dict]]:
+    """Requests to /v1/embeddings bad in every way the probes of issue 17 found: (what, path, requests kwargs)."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    raw = {**auth, "Content-Type": "application/json"}
+    return [
+        ("a text with a lone surrogate (`\\ud800` in the JSON)", "/v1/embeddings",
+         dict(data=b'{"input": ["ok", "bad \\ud800 text"]}', headers=raw)),
+        ("a 4000x4000 PNG (75 KB as a data URL, 48 MB decoded)", "/v1/embeddings",
+         dict(json={"input": [{"image": bomb()}]}, headers=auth)),
+        ("four 128x128 images (each within the limit, together over it)", "/v1/embeddings",
+         dict(json={"input": [{"image": PNG_128}] * 4}, headers=auth)),
+        ("malformed JSON", "/v1/embeddings", dict(data=b'{"input": ["unterminated', headers=raw)),
+        ("a body that is not UTF-8", "/v1/embeddings", dict(data=b"\xff\xfe\x00garbage", headers=raw)),
+        ("an EPS image", "/v1/embeddings", dict(json={"input": [{"image": eps()}]}, headers=auth)),
+        ("a truncated PNG", "/v1/embeddings", dict(json={"input": [{"image": PNG_128[:300]}]}, headers=auth)),
+        ("a body over the limit", "/v1/embeddings", dict(json={"input": "x" * 250_000}, headers=auth)),
+        ("no API key", "/v1/embeddings", dict(json={"input": "x"}, headers={})),
+        ("token ids instead of text", "/v1/embeddings", dict(json={"input": [[1, 2, 3]]}, headers=auth)),
+        ("an image URL (fetching is off)", "/v1/embeddings",
+         dict(json={"input": [{"image": "http://169.254.169.254/latest/meta-data"}]}, headers=auth)),
+        ("a rerank query with a lone surrogate", "/v1/rerank",
+         dict(json={"query": "bad \ud800", "documents": ["a"]}, headers=auth)),
+        ("a search query that is a 4000x4000 PNG", "/v1/search",
+         dict(json={"query": {"image": bomb()}}, headers=auth)),
+    ]
+
+
+def test_the_bad_requests_table_of_docs_security_md_is_what_the_server_answers(server):
+    from tests.fixtures.doc_tables import check_section, markdown_table
+
+    rows = []
+    for what, path, kwargs in _bad_requests():
+        response = requests.post(f"{server}{path}", timeout=60, **kwargs)
+        assert 400 <= response.status_code < 500, (what, response.status_code, response.text[:300])
+        rows.append([what, f"`{path}`", str(response.status_code), f"`{response.json()['error']['code']}`"])
+    check_section("docs/security.md", "server probes", markdown_table(["bad request", "route", "status", "code"], rows),
+                  "tests/serve/test_serve_app.py")
+
+
+def test_32_clients_with_a_fifth_bad_requests_get_no_5xx_and_every_valid_answer(server, embedder, corpus):
+    texts = [f"a small {c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "diamond")]
+    text_reference = embedder.encode_texts(texts).numpy()
+    images = [decode_image(png) for _, png in corpus_images(corpus, 6)]
+    image_urls = [data_url(image) for image in images]
+    image_reference = embedder.encode_images(images).numpy()
+    bad = _bad_requests()
+    n_clients, per_client = 32, 5
+
+    def valid(i: int):
         if i % 2:
-            return None, post(server, "/v1/embeddings", invalid[i // 2 % len(invalid)])
-        return i // 2, post(server, "/v1/embeddings", {"model": REGISTERED_NAME, "input": texts[i // 2]})
+            pick = [i % 6, (i + 1) % 6]
+            return {"model": REGISTERED_NAME, "input": [{"image": image_urls[j]} for j in pick]}, image_reference[pick]
+        return {"model": REGISTERED_NAME, "input": texts[i % len(texts)]}, text_reference[[i % len(texts)]]
+
+    def client(c: int) -> list[tuple]:
+        out = []
+        for k in range(per_client):
+            i = c * per_client + k
+            started = time.perf_counter()
+            if i % 5 == 4:  # a fifth of all requests, spread over every client
+                kind, path, kwargs = bad[(i // 5) % len(bad)]
+                response = requests.post(f"{server}{path}", timeout=60, **kwargs)
+                out.append((kind, None, response, time.perf_counter() - started))
+            else:
+                body, expected = valid(i)
+                response = post(server, "/v1/embeddings", body)
+                out.append(("valid", expected, response, time.perf_counter() - started))
+        return out
 
     from ray import serve
 
     stats = serve.get_deployment_handle("Embedder", app_name="maple").batch_stats
     before = stats.remote().result()
-    with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(call, range(2 * len(texts))))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(n_clients) as pool:
+        results = [r for rs in pool.map(client, range(n_clients)) for r in rs]
+    wall = time.perf_counter() - started
     after = stats.remote().result()
-    # Concurrent one-text requests shared forward passes: fewer batches than inputs.
-    assert after["inputs"] - before["inputs"] == len(texts)
-    assert after["batches"] - before["batches"] < len(texts)
-    for which, response in results:
-        if which is None:
-            assert 400 <= response.status_code < 500
+    # Only valid requests reach the model, and concurrent ones shared forward passes.
+    n_inputs = sum(len(r[1]) for r in results if r[0] == "valid")
+    assert after["inputs"] - before["inputs"] == n_inputs and after["batches"] - before["batches"] < n_inputs
+    assert [r[0] for r in results if r[2].status_code >= 500] == []
+    for kind, expected, response, _ in results:
+        if kind == "valid":
+            assert response.status_code == 200, response.text[:300]
+            got = np.array([d["embedding"] for d in response.json()["data"]])
+            np.testing.assert_allclose(got, expected, atol=1e-5)
         else:
-            assert response.status_code == 200
-            np.testing.assert_allclose(response.json()["data"][0]["embedding"], reference[which], atol=1e-5)
+            assert 400 <= response.status_code < 500, (kind, response.status_code, response.text[:300])
+            assert set(response.json()["error"]) == {"message", "type", "code", "param"}, kind
+    latencies = sorted(r[3] for r in results if r[0] == "valid")
+    print(f"\nload: {len(results)} requests ({sum(r[0] != 'valid' for r in results)} bad) from {n_clients} clients "
+          f"in {wall:.1f} s; valid p50 {latencies[len(latencies) // 2]:.2f} s, "
+          f"p95 {latencies[int(len(latencies) * 0.95)]:.2f} s")
+
+
+def test_the_pixel_budget_of_the_replica_is_free_after_the_load(server):
+    """Every request gave its pixels back, whatever its fate: a new request of the largest size still fits at once."""
+    response = requests.post(f"{server}/v1/embeddings", json={"input": [{"image": PNG_128}] * 3}, timeout=10,
+                             headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200

@@ -93,3 +93,32 @@ def test_build_app_names_an_unknown_argument():
 
     with pytest.raises(ValueError, match="max_batch_sise"):
         build_app({"max_batch_sise": 8})
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
+def test_serving_on_loopback_needs_no_key(host):
+    from serve.app import check_exposure
+
+    check_exposure(host, has_key=False, insecure=False)
+
+
+def test_maple_serve_refuses_a_public_host_without_a_key_before_starting_anything(monkeypatch):
+    from serve.app import main
+
+    monkeypatch.delenv("MAPLE_API_KEY", raising=False)
+    with pytest.raises(SystemExit, match="refusing to serve on 0.0.0.0 without MAPLE_API_KEY.*--insecure"):
+        main(["serve.host=0.0.0.0"])
+
+
+def test_a_key_or_insecure_allows_a_public_host_and_insecure_says_so(capsys):
+    from serve.app import check_exposure
+
+    check_exposure("0.0.0.0", has_key=True, insecure=False)
+    assert capsys.readouterr().err == ""
+    check_exposure("0.0.0.0", has_key=False, insecure=True)
+    assert "WITHOUT AUTH" in capsys.readouterr().err
+
+
+def test_pixel_limits_must_nest():
+    with pytest.raises(ValueError, match="pixel limits must nest"):
+        ServeConfig(max_image_pixels=10, max_request_pixels=5)

@@ -121,3 +121,34 @@ def test_malformed_json_is_422(client):
 
 def test_unknown_routes_are_404_in_the_error_shape(client):
     assert client.get("/nope", headers=AUTH).json()["error"]["code"] == "not_found"
+
+
+def keyless_app(loopback_only: bool) -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+    app.add_middleware(RequestGuard, settings=lambda: GuardSettings(max_body_bytes=100, api_key_digest=None,
+                                                                    loopback_only=loopback_only))
+
+    @app.post("/echo")
+    async def echo(body: EmbeddingRequest) -> dict:
+        return {"input": body.input}
+
+    return app
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "::1", "127.0.0.9"])
+def test_without_a_key_loopback_clients_are_served(peer):
+    client = TestClient(keyless_app(loopback_only=True), client=(peer, 50000))
+    assert client.post("/echo", json={"input": "a"}).json() == {"input": "a"}
+
+
+@pytest.mark.parametrize("peer", ["10.1.2.3", "192.168.0.7", "203.0.113.9", "testclient"])
+def test_without_a_key_clients_beyond_loopback_are_401_even_with_forwarded_headers(peer):
+    client = TestClient(keyless_app(loopback_only=True), client=(peer, 50000))
+    response = client.post("/echo", json={"input": "a"}, headers={"X-Forwarded-For": "127.0.0.1"})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "api_key_not_configured"
+
+
+def test_insecure_serves_every_client_without_a_key():
+    client = TestClient(keyless_app(loopback_only=False), client=("203.0.113.9", 50000))
+    assert client.post("/echo", json={"input": "a"}).status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 
 import numpy as np
 import pytest
@@ -16,14 +17,16 @@ from maple.serving.inputs import (
     Limits,
     check_bearer,
     decode_image_input,
+    decoded,
+    image_pixels,
     key_digest,
     parse_input,
     parse_inputs,
-    to_content,
 )
+from maple.serving.pixels import PixelBudget
 
 LIMITS = Limits(max_inputs=4, max_text_chars=20, max_image_pixels=32 * 32, max_body_bytes=10_000,
-                allow_image_urls=False)
+                allow_image_urls=False, max_request_pixels=2 * 32 * 32)
 
 
 def png_data_url(size: int = 16, colour=(255, 0, 0)) -> str:
@@ -95,11 +98,61 @@ def test_undecodable_images_are_422(data):
     assert (err.status, err.code) == (422, "invalid_image")
 
 
-def test_to_content_keeps_order_and_decodes_images_to_rgb():
+async def _decode(items, limits=LIMITS, budget=None):
+    async with decoded(items, limits, budget) as contents:
+        return contents
+
+
+def test_decoded_keeps_order_and_decodes_images_to_rgb():
     items = parse_inputs(["a", {"image": png_data_url(colour=(0, 0, 255))}, "b"], LIMITS)
-    contents = asyncio.run(to_content(items, LIMITS))
+    contents = asyncio.run(_decode(items))
     assert contents[0] == "a" and contents[2] == "b"
     assert contents[1].mode == "RGB" and np.asarray(contents[1])[0, 0].tolist() == [0, 0, 255]
+
+
+def test_a_lone_surrogate_text_is_422_before_any_model_sees_it():
+    err = refusal(parse_inputs, ["fine", "bad \ud800 text"], LIMITS)  # what json.loads makes of "\ud800"
+    assert (err.status, err.code, err.param) == (422, "invalid_input", "input[1]")
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """The first bytes of a width x height PNG: the header says the size, the pixel data is cut off."""
+    buf = io.BytesIO()
+    Image.new("L", (width, height)).save(buf, format="PNG")
+    return buf.getvalue()[:200]
+
+
+def test_image_size_is_judged_on_the_header_before_decoding():
+    bomb = _png_header_only(4000, 4000)  # 16 M pixels announced; the data would not even decode
+    err = refusal(image_pixels, bomb, LIMITS, "input[0]")
+    assert (err.status, err.code) == (413, "image_too_large") and "4000x4000" in err.message
+
+
+def test_images_that_fit_alone_but_not_together_are_413_for_the_request():
+    items = parse_inputs([{"image": png_data_url(32)}] * 3, LIMITS)  # 3 x 1024 pixels > 2048 per request
+    with pytest.raises(ApiError) as info:
+        asyncio.run(_decode(items))
+    assert (info.value.status, info.value.code) == (413, "too_many_pixels")
+
+
+def test_a_request_holds_its_pixels_of_the_replica_budget_while_its_images_are_in_use():
+    budget = PixelBudget(capacity=10 * 32 * 32, wait_s=1)
+    items = parse_inputs([{"image": png_data_url(32)}, {"image": png_data_url(16)}], LIMITS)
+
+    async def use():
+        async with decoded(items, LIMITS, budget):
+            held = budget.held
+        return held, budget.held
+
+    assert asyncio.run(use()) == (32 * 32 + 16 * 16, 0)
+
+
+def test_formats_outside_the_accepted_list_are_refused_even_when_pil_reads_them():
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="EPS")  # PIL opens EPS through Ghostscript
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "EPS"
+    err = refusal(image_pixels, buf.getvalue(), LIMITS, "input[0]")
+    assert (err.status, err.code) == (422, "invalid_image")
 
 
 def test_bearer_auth_is_off_without_a_key():

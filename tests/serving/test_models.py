@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from maple.retrieval.index import build_index
-from maple.serving.models import embed_contents, model_card, tiny_embedder
+from maple.serving.errors import ItemError
+from maple.serving.models import embed_chunks, embed_contents, model_card, score_each, tiny_embedder
 from maple.serving.search_index import DOCUMENTS_SCHEMA, SearchIndex, save_search_index
 
 
@@ -54,6 +55,40 @@ def test_mixed_batch_embeds_each_item_as_the_model_does_alone(embedder):
 def test_embeddings_are_unit_length(embedder):
     vectors, _ = embed_contents(embedder, ["a", "b c", Image.new("RGB", (64, 64))])
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+BAD_TEXT = "a lone \ud800 surrogate"  # the tokenizer raises on it
+
+
+def test_an_input_that_fails_the_batch_fails_only_its_own_caller(embedder):
+    image = Image.new("RGB", (64, 64), (0, 0, 255))
+    chunks = [["a red circle"], ["fine", BAD_TEXT], [image, "a green square"]]
+    with pytest.raises(Exception):  # noqa: B017 - whatever the tokenizer raises: the batch as one call fails
+        embed_contents(embedder, [item for chunk in chunks for item in chunk])
+    results = embed_chunks(embedder, chunks)
+    assert isinstance(results[1], ItemError) and results[1].index == 1
+    for chunk, result in zip(chunks[::2], results[::2]):
+        alone, tokens = embed_contents(embedder, chunk)
+        np.testing.assert_allclose(result[0], alone, atol=1e-5)
+        assert result[1] == tokens
+
+
+def test_an_item_error_names_the_input_in_the_request():
+    error = ItemError(1, "TypeError: bad").to_api_error(offset=32, param="input")
+    assert (error.status, error.code, error.param) == (422, "invalid_input", "input[33]")
+    assert ItemError(None, "OOM").to_api_error().status == 500
+
+
+def test_a_rerank_request_that_fails_fails_alone():
+    from maple.models.config import RerankerConfig
+    from maple.models.families import build_reranker
+
+    reranker = build_reranker(RerankerConfig()).eval()
+    requests = [("a red circle", ["a red circle", "a blue square"]), (BAD_TEXT, ["x"]), ("a square", ["a square"])]
+    results = score_each(reranker, requests)
+    assert isinstance(results[1], ItemError)
+    for (query, documents), result in zip(requests[::2], results[::2]):
+        np.testing.assert_allclose(result, reranker.score(query, documents), atol=1e-5)
 
 
 def make_index(tmp_path, n: int = 20, d: int = 8):

@@ -9,15 +9,15 @@ import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import ray.data
 from PIL import Image
 
 from maple.data.config import DataConfig, WorldConfig
+from maple.data.parquet_pairs import parquet_mapping, raw_from_parquet
 from maple.data.quarantine import quarantine_counts, write_quarantine
 from maple.data.schema import PAIRS_SCHEMA, QUARANTINE_SCHEMA
 from maple.data.synth import synthesize
-from maple.stages.read import _parquet_mapping, _raw_from_parquet, read_pairs, validated
+from maple.stages.read import read_pairs, validated
 
 
 def _image(size=(16, 16), mode="RGB", colour=(10, 20, 30), fmt="PNG") -> bytes:
@@ -66,32 +66,37 @@ def test_parquet_shard_splits_into_good_and_quarantined_rows_with_nothing_lost(t
     assert all(r["stage"] == "pairs" for r in bad)
 
 
-def test_parquet_shard_without_an_image_column_is_an_error_naming_file_and_column(tmp_path):
-    shard = tmp_path / "part-0.parquet"
-    pq.write_table(pa.table({"id": ["a"], "captions": [["a caption"]]}), shard)
-    with pytest.raises(ValueError, match=rf"{shard}: no column for 'image'"):
-        read_pairs(DataConfig(format="parquet", path=str(tmp_path)))
+def test_parquet_shard_without_an_image_column_quarantines_its_rows_naming_file_and_column(tmp_path, ray_local):
+    good_shard, shard = tmp_path / "part-0.parquet", tmp_path / "part-1.parquet"
+    pq.write_table(pa.table({"id": ["g"], "image": [_image()], "captions": [["a caption"]]}), good_shard)
+    pq.write_table(pa.table({"id": ["a", "b"], "captions": [["a caption"], ["another"]]}), shard)
+    cfg = DataConfig(format="parquet", path=str(tmp_path))
+    good, bad = _run(validated(read_pairs(cfg), cfg, "pairs", materialize=True))
+    assert [r["id"] for r in good] == ["g"]  # the other shard is read
+    assert {r["id"]: r["reason"] for r in bad} == {"a": "missing_column:image", "b": "missing_column:image"}
+    assert all(r["source"] == str(shard) and f"{shard} row" in json.loads(r["row"])["detail"] for r in bad)
 
 
-def test_parquet_column_of_the_wrong_type_is_an_error_naming_file_and_column(tmp_path):
+def test_parquet_column_of_the_wrong_type_quarantines_the_rows_naming_file_and_column(tmp_path, ray_local):
     shard = tmp_path / "part-0.parquet"
     pq.write_table(pa.table({"id": ["a"], "image": [b"x"], "captions": [3]}), shard)
-    with pytest.raises(ValueError, match=rf"{shard}: column 'captions'"):
-        read_pairs(DataConfig(format="parquet", path=str(shard)))
+    cfg = DataConfig(format="parquet", path=str(shard))
+    good, bad = _run(validated(read_pairs(cfg), cfg, "pairs", materialize=True))
+    assert good == [] and [r["reason"] for r in bad] == ["wrong_column_type:captions"]
+    assert "column 'captions'" in json.loads(bad[0]["row"])["detail"]
 
 
 def test_hugging_face_style_columns_map_to_raw_rows():
     """Integer ids, `text` captions and `image` as struct<bytes, path> (the `datasets` Image feature)."""
     table = pa.table({"image_id": pa.array([1, 2], pa.int64()),
                       "image": pa.array([{"bytes": b"png bytes", "path": "a.png"}, {"bytes": None, "path": "b.png"}]),
-                      "text": pa.array(["a caption", None], pa.large_string()),
-                      "path": ["/data/part-0.parquet"] * 2})  # added by read_parquet(include_paths=True)
-    mapping = _parquet_mapping(table.schema, "part-0.parquet")
-    assert _raw_from_parquet(table, mapping).to_pylist() == [
+                      "text": pa.array(["a caption", None], pa.large_string())})
+    mapping = parquet_mapping(table.schema, "part-0.parquet")
+    assert raw_from_parquet(table, mapping, "/data/part-0.parquet").to_pylist() == [
         {"id": "1", "image": b"png bytes", "captions": ["a caption"], "source": "/data/part-0.parquet",
-         "annotation": None, "_quarantine_reason": None},
+         "annotation": None, "_quarantine_reason": None, "_quarantine_detail": None},
         {"id": "2", "image": None, "captions": None, "source": "/data/part-0.parquet",
-         "annotation": None, "_quarantine_reason": None},
+         "annotation": None, "_quarantine_reason": None, "_quarantine_detail": None},
     ]
 
 
