@@ -14,7 +14,7 @@ class JudgeConfig(Section):
     cpus_per_actor: float = 1.0
     batch_size: int = 32  # pairs per forward pass (hf) / per engine call (vllm)
     max_model_len: int = 2048  # a prompt longer than this gets no score (NaN, counted in judge_missing)
-    dtype: str = "auto"  # torch dtype of the judge weights: auto | float32 | bfloat16 | float16
+    dtype: str = "auto"  # judge weights: auto (bf16 on CUDA, else the checkpoint's) | float32 | bfloat16 | float16
     yes_token: str = "Yes"
     no_token: str = "No"
     chat_template: bool = True  # wrap the prompt in the tokenizer's chat template when it has one

@@ -17,8 +17,12 @@ from maple.judge.hf_model import PromptBuilder, is_multimodal, load_config_and_t
 from maple.judge.prompt import answer_token_ids, yes_probability
 
 
-def _dtype(name: str) -> torch.dtype | str:
-    return "auto" if name == "auto" else getattr(torch, name)
+def _dtype(name: str, device: torch.device) -> torch.dtype | str:
+    """`auto`: bf16 on a CUDA card that has it (the judge's forward is the mining job's cost), else the checkpoint's
+    own dtype."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else "auto"
+    return getattr(torch, name)
 
 
 class HFJudge(JudgeBackend):
@@ -44,7 +48,7 @@ class HFJudge(JudgeBackend):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
-        self.model = model_cls.from_pretrained(path, dtype=_dtype(cfg.dtype)).to(self.device).eval()
+        self.model = model_cls.from_pretrained(path, dtype=_dtype(cfg.dtype, self.device)).to(self.device).eval()
         self.prompts = PromptBuilder(cfg, config, tokenizer)
         self.yes_id, self.no_id = answer_token_ids(tokenizer, cfg.yes_token, cfg.no_token, f"judge.model={cfg.model}")
 

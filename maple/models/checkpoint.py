@@ -6,6 +6,7 @@ the settings that rebuild it) beside the Hugging Face files (weights as safetens
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -39,3 +40,19 @@ def save_hf_parts(path: str | Path, model, tokenizer=None, image_processor=None)
 def resolve_device(device: str | None = None) -> torch.device:
     """The device asked for, else the GPU when there is one, else the CPU."""
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def inference_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on a CUDA card that has it (tensor-core matmuls, half the activation memory); nothing elsewhere:
+    CPU results stay float32 and bit-for-bit what the tests check."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move a batch's tensors to `device`; to a GPU through pinned memory, asynchronously."""
+    if device.type != "cuda":
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from maple.models.checkpoint import EMBEDDER_MANIFEST, write_manifest
+from maple.models.checkpoint import EMBEDDER_MANIFEST, inference_precision, to_device, write_manifest
 from maple.models.config import ModelConfig
 
 MANIFEST = EMBEDDER_MANIFEST
@@ -76,8 +76,9 @@ class Embedder(nn.Module, ABC):
     def encode_texts(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         was_training = self.training
         self.eval()
-        out = [self.embed_texts(**_to(self.tokenize(texts[i:i + batch_size]), self.device))
-               for i in range(0, len(texts), batch_size)]
+        with inference_precision(self.device):
+            out = [self.embed_texts(**to_device(self.tokenize(texts[i:i + batch_size]), self.device))
+                   for i in range(0, len(texts), batch_size)]
         self.train(was_training)
         return torch.cat(out).float().cpu() if out else torch.empty(0, self.embedding_dim)
 
@@ -85,8 +86,9 @@ class Embedder(nn.Module, ABC):
     def encode_images(self, images: list[Image.Image], batch_size: int = 64) -> torch.Tensor:
         was_training = self.training
         self.eval()
-        out = [self.embed_images(**_to(self.preprocess(images[i:i + batch_size]), self.device))
-               for i in range(0, len(images), batch_size)]
+        with inference_precision(self.device):
+            out = [self.embed_images(**to_device(self.preprocess(images[i:i + batch_size]), self.device))
+                   for i in range(0, len(images), batch_size)]
         self.train(was_training)
         return torch.cat(out).float().cpu() if out else torch.empty(0, self.embedding_dim)
 
@@ -94,10 +96,6 @@ class Embedder(nn.Module, ABC):
     @abstractmethod
     def embedding_dim(self) -> int:
         ...
-
-
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

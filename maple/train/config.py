@@ -10,7 +10,7 @@ class TrainConfig(Section):
     num_workers: int = 2  # 0: Ray Train's local mode, the loop runs in this process (small runs, no restarts)
     use_gpu: bool = False
     zero_stage: int = 2
-    bf16: bool = False
+    bf16: bool | None = None  # None: bf16 when training on GPUs (use_gpu), float32 on CPU
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 10
