@@ -51,11 +51,13 @@ def train(cfg: Config, task: TrainTask, datasets: dict[str, Any], run_name: str,
     return result
 
 
-def mine(cfg: Config) -> dict:
-    """The mining pipeline (`maple.stages.mining.mine_pairs`) with the current embedder (mine.model), in one MLflow
-    run that records the judge's facts, the counts, the throughput and the summary artifacts."""
+def mine(cfg: Config, **stage: Any) -> dict:
+    """The mining pipeline (`maple.stages.mining.mine_pairs`, `stage`: its extra arguments) with the current embedder
+    (mine.model), in one MLflow run that records the judge's facts, the counts, the throughput and the summary
+    artifacts."""
     with mlflow_run(cfg.run, "mine", cfg):
-        summary = mine_pairs(cfg.mine, cfg.judge, cfg.data, cfg.run, resolve_model(cfg, cfg.mine.model))
+        summary = mine_pairs(cfg.mine, cfg.judge, cfg.data, cfg.run, resolve_model(cfg, cfg.mine.model), cfg.rewrite,
+                             cfg.world, **stage)
         mlflow.log_params({f"judge_facts.{k}": v for k, v in summary["judge"].items()})
         log_metrics({**summary["counts"], **summary["throughput"], "pairs_embedded": summary["pairs_embedded"],
                      "queries_this_run": summary["queries_this_run"]})

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,23 +36,26 @@ from maple.recipes.embedder import EmbedderTask
 from maple.runtime import init_ray, parse_config
 from maple.tracking import log_metrics, mlflow_run, ui_command
 
-# Each variant's loss terms: (MAPLE's extended hard negatives, RPA, UniME-V2's soft labels). Every term is stated for
-# every variant, so the recipe's own loss settings cannot leak into the comparison; the soft-label weight γ is
-# demo.kl_weight, one value for every variant that uses it.
+# Each variant's loss terms, every one stated, so the recipe's own loss settings cannot leak into the comparison:
+# (InfoNCE's extra negatives: none | the judge's mined ones | the rewriter's, unjudged (NegCLIP); MAPLE's RPA over the
+# judged preference ranking; UniME-V2's soft labels). λ and γ are demo.rpa_weight and demo.kl_weight, one value for
+# every variant that uses the term.
 VARIANTS = {
-    "infonce": (False, "none", False),
-    "hard_negatives": (True, "none", False),
-    "soft_label": (True, "none", True),
-    "rpa_pairwise": (True, "pairwise", False),
-    "rpa_listwise": (True, "listwise", False),
-    "full": (True, "listwise", True),
+    "infonce": (None, False, False),
+    "negclip": ("rewrites", False, False),
+    "hard_negatives": ("mined", False, False),
+    "soft_label": ("mined", False, True),
+    "rpa": ("mined", True, False),
+    "full": ("mined", True, True),
 }
 
 
 def variant_loss(cfg: Config, variant: str) -> Config:
-    hard, rpa, soft = VARIANTS[variant]
-    return cfg.with_overrides(f"train.loss.hard_negatives={str(hard).lower()}", f"train.loss.rpa={rpa}",
-                              f"train.loss.kl_weight={cfg.demo.kl_weight if soft else 0.0}")
+    negatives, rpa, soft = VARIANTS[variant]
+    return cfg.with_overrides(
+        f"train.loss.hard_negatives={str(negatives is not None).lower()}",
+        f"train.loss.hard_negative_source={negatives or 'mined'}", f"train.loss.rpa={cfg.demo.rpa if rpa else 'none'}",
+        f"train.loss.rpa_weight={cfg.demo.rpa_weight}", f"train.loss.kl_weight={cfg.demo.kl_weight if soft else 0.0}")
 
 
 DEFAULT_RECIPE = "configs/demo.yaml"
@@ -62,7 +66,7 @@ def parse_demo_args(argv: list[str]) -> Config:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--judge", choices=["reference", "hf", "vllm"])
     parser.add_argument("--judge-model")
-    parser.add_argument("--judge-noise", help="comma-separated flip rates of the reference judge to sweep, e.g. 0.1,0.3")
+    parser.add_argument("--judge-noise", help="comma-separated flip rates of the reference judge, e.g. 0.1,0.3")
     parser.add_argument("--serve", action="store_true")
     known, rest = parser.parse_known_args(argv)
     extra = []
@@ -255,6 +259,9 @@ def write_report(cfg: Config, metrics: dict[str, dict], runs: dict, sweep: dict,
     plot_similarity_histograms(sims, folder / "similarity_histograms.png")
     plot_curves(training_curves({k: v for k, v in runs.items() if k.endswith("-s0")}), folder / "training_loss.png",
                 "training loss")
+    # the mining job's histogram of the judge's scores by source (positives, retrieved, rewritten)
+    if (out / "mined" / "score_histogram.png").exists():
+        shutil.copyfile(out / "mined" / "score_histogram.png", folder / "judge_scores.png")
     lines = [f"# maple demo — {cfg.run.name}", "",
              f"World: {cfg.world.n_train} training pairs, {cfg.world.n_test} test images, "
              f"{cfg.world.n_compositional} compositional rows; judge: {cfg.judge.backend}; "
@@ -267,7 +274,8 @@ def write_report(cfg: Config, metrics: dict[str, dict], runs: dict, sweep: dict,
                                                      "all"), "",
              goal_statement(summary),
              "![accuracy per negative type](type_accuracy.png)", "",
-             "![similarity histograms](similarity_histograms.png)", "", "![training loss](training_loss.png)", ""]
+             "![similarity histograms](similarity_histograms.png)", "", "![training loss](training_loss.png)", "",
+             "![judge scores by source](judge_scores.png)", ""]
     if sweep and "infonce" in summary:
         base = summary["infonce"]["fine_grained"]
         points = [(0.0, summary["full"]["fine_grained"][0] - base[0], summary["full"]["fine_grained"][1])]

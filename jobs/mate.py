@@ -19,7 +19,6 @@ interrupted one resumes from its checkpoints. Writes <run.output_dir>/mate/repor
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from jobs.common import train, world_dir
 from maple.config import Config
+from maple.data.files import clear_partial_output
 from maple.data.long_text import write_long_texts
 from maple.data.synth import synthesize
 from maple.eval.metrics import metric_name, retrieval_metrics
@@ -117,7 +117,7 @@ def llm_targets(cfg: Config, long_texts: Path, init_dir: str) -> Path:
         done = out / split / "_SUCCESS"
         if done.exists():
             continue
-        shutil.rmtree(out / split, ignore_errors=True)  # an interrupted write leaves part files: start the split over
+        clear_partial_output(out / split)  # an interrupted write leaves part files: start the split over
         ds = ray.data.read_parquet(str(long_texts / split))
         ds = ds.map_batches(EmbedColumns, fn_constructor_kwargs=dict(model_path=init_dir, text_columns=TEXTS,
                                                                       batch_size=cfg.eval.batch_size),

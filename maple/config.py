@@ -9,7 +9,7 @@ entrypoints (jobs/, serve/, `maple.runtime`) import it, and they hand each compo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -19,6 +19,7 @@ from maple.eval.config import EvalConfig
 from maple.judge.config import JudgeConfig
 from maple.mining.config import MineConfig
 from maple.models.config import ModelConfig, RerankerConfig
+from maple.rewrite.config import RewriteConfig
 from maple.section import RunConfig, Section
 from maple.serving.config import ServeConfig
 from maple.train.config import TrainConfig
@@ -28,13 +29,14 @@ class DemoConfig(Section):
     """The main job's ablation (`maple demo`): variants × seeds on the same data and steps."""
 
     seeds: int = 3
-    variants: list[str] = ["infonce", "hard_negatives", "soft_label", "rpa_pairwise", "rpa_listwise", "full"]
+    variants: list[str] = ["infonce", "negclip", "hard_negatives", "soft_label", "rpa", "full"]
     reranker: bool = True  # also report "full + reranker" (retrieve-then-rerank over the full variant)
     baseline_steps: int = 150  # InfoNCE warm-up on plain pairs; its embedder mines, every variant starts from it
     variant_steps: int = 150
-    # γ of the soft-label term in the variants that use it. UniME-V2's τ = 0.02 turns the reference judge's coarse
-    # scores into near one-hot targets, and at γ = 1 the term (~20) outweighs InfoNCE (~2) tenfold and recall
-    # collapses (docs/demo.md); 0.1 keeps it beside InfoNCE.
+    rpa: Literal["pairwise", "listwise"] = "listwise"  # the RPA form of the variants that use it
+    rpa_weight: float = 1.0  # λ of those variants
+    # γ of the soft-label term in the variants that use it (UniME-V2's τ = 0.02 makes the reference judge's coarse
+    # scores near one-hot targets; docs/demo.md has the sweep that chose it).
     kl_weight: float = 0.1
     judge_noise_sweep: list[float] = []  # flip rates of the reference judge for the noise study; empty: none
     serve: bool = False  # end by serving the best variant on 127.0.0.1
@@ -47,6 +49,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     mine: MineConfig = Field(default_factory=MineConfig)
+    rewrite: RewriteConfig = Field(default_factory=RewriteConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     reranker: RerankerConfig = Field(default_factory=RerankerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.mate", "tests.fixtures.pal", "tests.fixtures.rerank", "tests.fixtures.serve",
-                  "tests.fixtures.train"]
+pytest_plugins = ["tests.fixtures.judge", "tests.fixtures.mate", "tests.fixtures.pal", "tests.fixtures.rerank",
+                  "tests.fixtures.serve", "tests.fixtures.train"]
 
 # Ray Train V2 polls workers every 2 s by default, which dominates short test runs.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
@@ -60,10 +60,16 @@ def small_world(tmp_path_factory):
     return out, cfg
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket stays bound until all are chosen, so no port is handed out twice."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @dataclass
@@ -73,6 +79,7 @@ class RayHead:
     address: str
     env: dict[str, str]
     ray_bin: str
+    temp_dir: str
 
     def submit(self, entrypoint: list[str], *options: str, timeout_s: float = 1200) -> subprocess.CompletedProcess:
         """`ray job submit` and wait. The head accepts jobs once its dashboard agent has registered, a little after
@@ -81,7 +88,12 @@ class RayHead:
         while True:
             done = subprocess.run([self.ray_bin, "job", "submit", f"--address={self.address}", *options, "--",
                                    *entrypoint], env=self.env, capture_output=True, text=True, timeout=timeout_s)
-            if "No available agent" not in done.stdout + done.stderr or time.monotonic() > deadline:
+            if "No available agent" not in done.stdout + done.stderr:
+                return done
+            if time.monotonic() > deadline:  # say why the agent never registered: the end of its own log
+                logs = sorted(Path(self.temp_dir).glob("session_latest/logs/dashboard_agent*.log"))
+                tail = "".join(path.read_text(errors="replace")[-3000:] for path in logs) or "no agent log"
+                done.stderr += f"\n--- dashboard agent log ---\n{tail}"
                 return done
             time.sleep(2)
 
@@ -96,7 +108,7 @@ def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
     # Every port a free one: Ray's defaults (10001 client server, 52365 dashboard agent, ...) are fixed numbers
     # that another Ray on the machine may hold, and an agent that cannot bind leaves the head without a job API.
-    port, dashboard, client, agent, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(7))
+    port, dashboard, client, agent, agent_grpc, runtime_env, metrics = _free_ports(7)
     bin_dir = Path(sys.executable).parent  # the venv's CLIs; CI runs the venv's python without activating it
     # Ray 2.60 turns token authentication on by default; this head listens on loopback only and lives for one test.
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
@@ -114,7 +126,7 @@ def ray_head():
         output, _ = start.communicate(timeout=300)
         assert start.returncode == 0, output[-3000:]
         _wait_for_job_api(address)
-        yield RayHead(address, env, str(bin_dir / "ray"))
+        yield RayHead(address, env, str(bin_dir / "ray"), temp_dir)
     finally:
         # SIGTERM lets the head stop its workers; a process of the group that lingers after 10 s is killed
         _stop_group(group, signal.SIGTERM, timeout_s=10) or _stop_group(group, signal.SIGKILL, timeout_s=30)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # import each other only without a cycle.
 LAYERS = [
     {"section", "data", "losses", "mining", "eval", "retrieval"},  # plain math and I/O
-    {"judge"},  # the judge's prompt and backends (the generative reranker asks the judge's question)
+    {"judge", "rewrite"},  # the judge's prompt and backends; the rewriter (the generative reranker asks the judge)
     {"models"},  # embedders and rerankers, one family table
     {"train"},  # the loop, the steps, GradCache
     {"recipes"},  # one file per training flow

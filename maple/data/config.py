@@ -10,7 +10,8 @@ class WorldConfig(Section):
     n_train: int = 2000
     n_val: int = 200
     n_test: int = 300
-    n_compositional: int = 300
+    n_compositional: int = 300  # the compositional test (reported once)
+    n_compositional_val: int = 300  # its validation twin (other scenes, same rules): what defaults are tuned on
     image_size: int = 64
     max_objects: int = 3
     shapes: list[str] = ["circle", "square", "triangle", "diamond"]

@@ -69,8 +69,21 @@ JUDGED_SCHEMA = pa.schema(
         pa.field("hard_negative_images", pa.list_(pa.binary()), nullable=True),  # t2i
         pa.field("num_false_negatives", pa.int32(), nullable=False),
         pa.field("repeated", pa.bool_(), nullable=False),  # fewer survivors than k: some repeated
-        pa.field("fallback", pa.bool_(), nullable=False),  # no survivor: random negatives, scores unknown
+        pa.field("fallback", pa.bool_(), nullable=False),  # no survivor: random negatives scored mine.fallback_score
         pa.field("judge_missing", pa.int32(), nullable=False),  # candidates whose judge output lacked the logits
+        # Where each candidate came from: "retrieved", or "rewrite:<kind>" (`maple.rewrite`), aligned with
+        # candidate_ids. Rewrites have no retrieval similarity (NaN in candidate_sims).
+        pa.field("candidate_sources", pa.list_(pa.string()), nullable=False),
+        # MAPLE's preference ranking: the paired positive and every judged candidate (retrieved and rewritten), best
+        # judge score first (candidates without a score have no place in it); ties keep retrieval order and are ties
+        # for RPA. Content beside the ids: texts for i2t rows, images for t2i rows (at most mine.ranking_max).
+        pa.field("ranking_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("ranking_scores", pa.list_(pa.float32()), nullable=False),
+        pa.field("ranking_texts", pa.list_(pa.string()), nullable=True),  # i2t
+        pa.field("ranking_images", pa.list_(pa.binary()), nullable=True),  # t2i
+        # The rewriter's proposals for this query as it labelled them (unjudged): NegCLIP-style training reads them.
+        pa.field("rewrite_texts", pa.list_(pa.string()), nullable=False),
+        pa.field("rewrite_kinds", pa.list_(pa.string()), nullable=False),
     ]
 )
 

@@ -388,7 +388,8 @@ def write_shards(rows: list[dict], schema: pa.Schema, out_dir: Path, shard_size:
 
 
 def synthesize(cfg: WorldConfig, out_dir: str | Path) -> dict:
-    """Write train/val/test pairs and the compositional test as Parquet shards; return a summary."""
+    """Write train/val/test pairs, the compositional test and its validation twin (`compositional_val`, for tuning) as
+    Parquet shards; return a summary."""
     out = Path(out_dir)
     held_out = held_out_combinations(cfg)
     summary = {"held_out_combinations": sorted(held_out), "splits": {}}
@@ -398,9 +399,11 @@ def synthesize(cfg: WorldConfig, out_dir: str | Path) -> dict:
         rows = _pairs_rows(split, n, cfg, rng, forbid)
         write_shards(rows, PAIRS_SCHEMA, out / split, cfg.shard_size)
         summary["splits"][split] = len(rows)
-    rng = random.Random(cfg.seed * 1_000_003 + 4)
-    comp = _compositional_rows(cfg.n_compositional, cfg, rng, held_out)
-    write_shards(comp, COMPOSITIONAL_SCHEMA, out / "compositional", cfg.shard_size)
-    summary["splits"]["compositional"] = len(comp)
+    for split, n, seed_offset in (("compositional", cfg.n_compositional, 4),
+                                  ("compositional_val", cfg.n_compositional_val, 5)):
+        rng = random.Random(cfg.seed * 1_000_003 + seed_offset)
+        comp = _compositional_rows(n, cfg, rng, held_out)
+        write_shards(comp, COMPOSITIONAL_SCHEMA, out / split, cfg.shard_size)
+        summary["splits"][split] = len(comp)
     (out / "world.json").write_text(json.dumps({"config": cfg.model_dump(), **summary}, indent=1))
     return summary

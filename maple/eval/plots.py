@@ -75,17 +75,25 @@ def plot_noise_sweep(points: list[tuple[float, float, float]], path: Path, xlabe
     plt.close(fig)
 
 
-def plot_score_histogram(scores: np.ndarray, path: Path, bins: int = 20) -> list[int]:
-    """The judge's P(Yes) over every judged pair (NaN skipped); returns the bin counts over [0, 1]."""
-    finite = np.asarray(scores, dtype=float)
-    finite = finite[np.isfinite(finite)]
-    counts, edges = np.histogram(finite, bins=bins, range=(0.0, 1.0))
+def plot_score_histogram(scores: dict[str, np.ndarray] | np.ndarray, path: Path, bins: int = 20) -> list[int]:
+    """The judge's P(Yes) over every judged pair, one histogram per source (e.g. positives, retrieved, rewritten),
+    NaN skipped; returns the bin counts over [0, 1] summed over the sources."""
+    by_source = scores if isinstance(scores, dict) else {"all": scores}
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    total = np.zeros(bins, dtype=int)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", edgecolor="white")
+    for source, values in by_source.items():
+        values = np.asarray(values, dtype=float)
+        values = values[np.isfinite(values)]
+        counts, _ = np.histogram(values, bins=edges)
+        total += counts
+        if len(values):
+            ax.hist(values, bins=edges, alpha=0.55, label=f"{source} ({len(values)})")
     ax.set_xlabel("judge P(Yes)")
     ax.set_ylabel("pairs")
-    ax.set_title(f"judge scores, {len(finite)} pairs", fontsize=9)
+    ax.set_title(f"judge scores, {int(total.sum())} pairs", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return counts.tolist()
+    return total.tolist()

@@ -1,12 +1,20 @@
 """MAPLE's training objective, built from `LossConfig` (ARCHITECTURE.md "Losses"):
 
-    total = λ·L_RPA + (1−λ)·L_InfoNCE + γ·L_KL          (loss.rpa = pairwise | listwise; MAPLE, arXiv 2506.06970)
-    total = L_InfoNCE + γ·L_KL                            (loss.rpa = none: λ is ignored)
+    total = L_InfoNCE + λ·L_RPA + γ·L_KL                 (loss.combine = additive, the default)
+    total = λ·L_RPA + (1−λ)·L_InfoNCE + γ·L_KL          (loss.combine = convex: MAPLE, arXiv 2506.06970)
 
-L_InfoNCE: `infonce_loss` over the global batch (+ the mined hard negatives when loss.hard_negatives).
-L_RPA: `rpa_pairwise_loss` / `rpa_listwise_loss` with β = loss.rpa_beta; L_KL: `soft_label_kl_loss` (UniME-V2,
-arXiv 2510.13515) with τ = loss.kl_temperature. Both run over each query's candidates {c+, hard negatives} and their
-judge scores, on this rank's rows (per-query terms: their mean across ranks is the global mean).
+Which term reads which data:
+
+- InfoNCE (CLIP, MAPLE): the global batch, one softmax per direction (`groups`), plus each query's hard negatives
+  (loss.hard_negatives); no judge scores.
+- KL (UniME-V2): {c+, the mined hard negatives} (false-negative filter, cyclical sampling) and their judge scores.
+- RPA (MAPLE): the preference ranking of the query's judged candidates (loss.rpa_candidates = ranking: retrieved and
+  rewritten, the paired one at the judge's place), or {c+, hard negatives} (= mined); ordered by their judge scores.
+
+L_InfoNCE: `infonce_loss`; L_RPA: `rpa_pairwise_loss` / `rpa_listwise_loss` with β = loss.rpa_beta; L_KL:
+`soft_label_kl_loss` (UniME-V2, arXiv 2510.13515) with τ = loss.kl_temperature (the judge's side:
+loss.kl_judge_temperature). RPA and KL are per-query terms on this rank's rows (their mean across ranks is the global
+mean).
 
 | forward input        | shape     | source (JUDGED_SCHEMA column)                                    |
 |----------------------|-----------|------------------------------------------------------------------|
@@ -16,13 +24,16 @@ judge scores, on this rank's rows (per-query terms: their mean across ranks is t
 | positive_score       | (N,)      | positive_score                                                   |
 | hard_negative_scores | (N, k)    | hard_negative_scores                                             |
 | score_mask           | (N, 1+k)  | optional bool, column 0 = c+; default: the scores that are finite (null → NaN) |
+| ranking              | (N, P, D) | embeddings of ranking_texts / ranking_images (P drawn per query) |
+| ranking_scores       | (N, P)    | ranking_scores of the same candidates, NaN where padded           |
+| groups, query_keys, positive_keys | (N,) long | direction, content keys of query and positive (`infonce_loss`) |
 
 The module owns the temperature: `log_logit_scale` = log(1/τ), initialised from loss.temperature, log-parameterised
 like CLIP; a trainable parameter when loss.learnable_temperature and InfoNCE is on, otherwise a buffer. Put the
 module's parameters in the optimizer.
 
     loss_fn = MapleLoss(config.train.loss)
-    out = loss_fn(q, p, hard_negatives=h, positive_score=ps, hard_negative_scores=hs)
+    out = loss_fn(q, p, hard_negatives=h, positive_score=ps, hard_negative_scores=hs, ranking=r, ranking_scores=rs)
     out["loss"].backward()
 """
 
@@ -49,8 +60,15 @@ class MapleLoss(nn.Module):
             raise ValueError(
                 "train.loss: no loss term is on (infonce=false, rpa=none, kl_weight=0); enable at least one"
             )
-        if config.rpa != "none" and not 0.0 <= config.rpa_weight <= 1.0:
-            raise ValueError(f"train.loss.rpa_weight (λ) must lie in [0, 1]; got {config.rpa_weight}")
+        if config.combine == "convex" and config.rpa != "none" and not 0.0 <= config.rpa_weight <= 1.0:
+            raise ValueError("train.loss.rpa_weight (λ) must lie in [0, 1] with combine=convex; "
+                             f"got {config.rpa_weight}")
+        if config.rpa_weight < 0 or config.kl_weight < 0:
+            raise ValueError("train.loss.rpa_weight (λ) and train.loss.kl_weight (γ) must be >= 0")
+        if config.hard_negative_source == "rewrites" and (config.kl_weight > 0 or (
+                config.rpa != "none" and config.rpa_candidates == "mined")):
+            raise ValueError("train.loss.hard_negative_source=rewrites (NegCLIP's unjudged negatives) cannot feed the "
+                             "judge-scored terms: set kl_weight=0 and rpa_candidates=ranking (or rpa=none)")
         if config.temperature <= 0:
             raise ValueError(f"train.loss.temperature must be > 0; got {config.temperature}")
         self.config = config
@@ -68,7 +86,13 @@ class MapleLoss(nn.Module):
 
     @property
     def needs_hard_negatives(self) -> bool:
-        return self.needs_scores or (self.config.infonce and self.config.hard_negatives)
+        cfg = self.config
+        return cfg.kl_weight > 0 or (cfg.rpa != "none" and cfg.rpa_candidates == "mined") or (
+            cfg.infonce and cfg.hard_negatives)
+
+    @property
+    def needs_ranking(self) -> bool:
+        return self.config.rpa != "none" and self.config.rpa_candidates == "ranking"
 
     def logit_scale(self) -> torch.Tensor:
         """1/τ as used by InfoNCE (clamped at 100 like CLIP)."""
@@ -83,45 +107,59 @@ class MapleLoss(nn.Module):
         positive_score: torch.Tensor | None = None,
         hard_negative_scores: torch.Tensor | None = None,
         score_mask: torch.Tensor | None = None,
+        ranking: torch.Tensor | None = None,
+        ranking_scores: torch.Tensor | None = None,
+        groups: torch.Tensor | None = None,
+        query_keys: torch.Tensor | None = None,
+        positive_keys: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """`{"loss": total (with graph), "infonce" | "rpa" | "kl": each configured term, "logit_scale"}`; every
         value but "loss" is detached, for logging. Terms that are not configured are absent."""
         cfg = self.config
         if self.needs_hard_negatives and hard_negatives is None:
-            wanted = f"rpa={cfg.rpa}, kl_weight={cfg.kl_weight}, hard_negatives={cfg.hard_negatives}"
+            wanted = f"kl_weight={cfg.kl_weight}, hard_negatives={cfg.hard_negatives}, rpa={cfg.rpa}"
             raise ValueError(
                 f"MapleLoss: train.loss ({wanted}) needs hard negatives, but none were given: train on the mining "
                 f"job's judged Parquet (hard_negative_texts / hard_negative_images) or turn those terms off"
             )
+        if self.needs_ranking and (ranking is None or ranking_scores is None):
+            raise ValueError(
+                f"MapleLoss: train.loss.rpa={cfg.rpa} with rpa_candidates=ranking needs each query's preference "
+                "ranking (ranking_texts / ranking_images and ranking_scores of the mining job's output); re-run "
+                "jobs.mine, or set train.loss.rpa_candidates=mined to rank c+ and the mined hard negatives"
+            )
         scale = self.log_logit_scale.exp()
         out: dict[str, torch.Tensor] = {"logit_scale": scale.detach().clamp(max=MAX_LOGIT_SCALE)}
         total = query.new_zeros(())
+        convex = cfg.combine == "convex" and cfg.rpa != "none"
 
         if cfg.infonce:
             infonce = infonce_loss(
-                query,
-                positive,
-                scale,
-                hard_negatives=hard_negatives if cfg.hard_negatives else None,
-                local_loss=self.local_loss,
-                gather=self.gather,
+                query, positive, scale, hard_negatives=hard_negatives if cfg.hard_negatives else None,
+                groups=groups, query_keys=query_keys, candidate_keys=positive_keys,
+                local_loss=self.local_loss, gather=self.gather,
             )
             out["infonce"] = infonce.detach()
-            total = total + (infonce if cfg.rpa == "none" else (1.0 - cfg.rpa_weight) * infonce)
+            total = total + ((1.0 - cfg.rpa_weight) * infonce if convex else infonce)
 
-        if self.needs_scores:
+        if cfg.rpa != "none":
+            if cfg.rpa_candidates == "ranking":
+                sim, scores, valid = _ranking_sims(query, ranking, ranking_scores)
+            else:
+                sim, scores, valid = self._candidate_sims(
+                    query, positive, hard_negatives, positive_score, hard_negative_scores, score_mask)
+            rpa_fn = rpa_pairwise_loss if cfg.rpa == "pairwise" else rpa_listwise_loss
+            rpa = rpa_fn(sim, scores, cfg.rpa_beta, mask=valid)
+            out["rpa"] = rpa.detach()
+            total = total + cfg.rpa_weight * rpa
+
+        if cfg.kl_weight > 0:
             sim, scores, valid = self._candidate_sims(
-                query, positive, hard_negatives, positive_score, hard_negative_scores, score_mask
-            )
-            if cfg.rpa != "none":
-                rpa_fn = rpa_pairwise_loss if cfg.rpa == "pairwise" else rpa_listwise_loss
-                rpa = rpa_fn(sim, scores, cfg.rpa_beta, mask=valid)
-                out["rpa"] = rpa.detach()
-                total = total + cfg.rpa_weight * rpa
-            if cfg.kl_weight > 0:
-                kl = soft_label_kl_loss(sim, scores, cfg.kl_temperature, mask=valid)
-                out["kl"] = kl.detach()
-                total = total + cfg.kl_weight * kl
+                query, positive, hard_negatives, positive_score, hard_negative_scores, score_mask)
+            kl = soft_label_kl_loss(sim, scores, cfg.kl_temperature, mask=valid,
+                                    judge_temperature=cfg.kl_judge_temperature)
+            out["kl"] = kl.detach()
+            total = total + cfg.kl_weight * kl
 
         out["loss"] = total
         return out
@@ -168,3 +206,15 @@ class MapleLoss(nn.Module):
         z_c = nn.functional.normalize(torch.cat([positive[:, None], hard_negatives], dim=1), dim=-1)
         sim = torch.einsum("nd,nkd->nk", z_q, z_c)
         return sim, scores, valid
+
+
+def _ranking_sims(query: torch.Tensor, ranking: torch.Tensor, ranking_scores: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """sim (N, P), judge scores (N, P) and validity (finite scores) over each query's drawn ranking candidates."""
+    if ranking.ndim != 3 or ranking.shape[0] != query.shape[0] or ranking_scores.shape != ranking.shape[:2]:
+        raise ValueError(f"MapleLoss: ranking must be (N, P, D) with N = {query.shape[0]} and ranking_scores (N, P); "
+                         f"got {tuple(ranking.shape)} and {tuple(ranking_scores.shape)}")
+    scores = ranking_scores.to(query.dtype)
+    z_q = nn.functional.normalize(query, dim=-1)
+    sim = torch.einsum("nd,npd->np", z_q, nn.functional.normalize(ranking, dim=-1))
+    return sim, scores, scores.isfinite()

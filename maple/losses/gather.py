@@ -72,3 +72,14 @@ def gather_features(features: torch.Tensor, *, gather_with_grad: bool = True) ->
         parts[rank] = features  # the local rows keep their graph
         gathered = torch.cat(parts, dim=0)
     return gathered, rank * n
+
+
+def gather_labels(labels: torch.Tensor) -> torch.Tensor:
+    """All-gather integer labels (n,) from every rank in rank order, without gradient: (world_size·n,). The identity
+    on one process. The row order matches `gather_features`, so labels and features stay aligned."""
+    _, world_size = distributed_world()
+    if world_size == 1:
+        return labels
+    parts = [torch.empty_like(labels) for _ in range(world_size)]
+    dist.all_gather(parts, labels.contiguous())
+    return torch.cat(parts, dim=0)

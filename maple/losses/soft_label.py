@@ -1,7 +1,9 @@
 """Soft-label distribution alignment: UniME-V2 (arXiv 2510.13515), the judge's scores as a soft target.
 
-Over each query's candidates {c+, c_1..c_k}: P = softmax(sim/τ) from the embedder, Q = softmax(s/τ) from the judge's
-scores, and L = ½ [KL(P‖Q) + KL(Q‖P)] (a symmetric KL, the Jeffreys divergence), averaged over the batch.
+Over each query's candidates {c+, c_1..c_k}: P = softmax(sim/τ) from the embedder, Q = softmax(s/τ_Q) from the
+judge's scores, and L = ½ [KL(P‖Q) + KL(Q‖P)] (a symmetric KL, the Jeffreys divergence), averaged over the batch.
+UniME-V2 uses one τ (0.02) for both; `judge_temperature` sets τ_Q apart (a judge whose scores are coarse gives
+near one-hot targets at τ = 0.02).
 
 | input        | shape  | meaning                                                                  |
 |--------------|--------|--------------------------------------------------------------------------|
@@ -19,9 +21,11 @@ import torch
 
 
 def soft_label_kl_loss(
-    sim: torch.Tensor, judge_scores: torch.Tensor, temperature: float = 0.02, mask: torch.Tensor | None = None
+    sim: torch.Tensor, judge_scores: torch.Tensor, temperature: float = 0.02, mask: torch.Tensor | None = None,
+    judge_temperature: float | None = None,
 ) -> torch.Tensor:
-    """½ [KL(P‖Q) + KL(Q‖P)], P = softmax(sim/τ), Q = softmax(judge_scores/τ) over valid candidates; a scalar."""
+    """½ [KL(P‖Q) + KL(Q‖P)], P = softmax(sim/τ), Q = softmax(judge_scores/τ_Q) over valid candidates (τ_Q =
+    `judge_temperature`, default τ); a scalar."""
     if sim.ndim != 2 or judge_scores.shape != sim.shape:
         raise ValueError(
             f"soft_label_kl_loss: sim and judge_scores must both be (N, K); "
@@ -36,7 +40,8 @@ def soft_label_kl_loss(
     # an all-masked row softmaxes over every column (finite, unused) and is zeroed below, so no NaN appears
     support = mask | ~mask.any(dim=1, keepdim=True)
     log_p = torch.log_softmax((sim / temperature).masked_fill(~support, float("-inf")), dim=1)
-    log_q = torch.log_softmax((judge_scores / temperature).masked_fill(~support, float("-inf")), dim=1)
+    judge_temperature = temperature if judge_temperature is None else judge_temperature
+    log_q = torch.log_softmax((judge_scores / judge_temperature).masked_fill(~support, float("-inf")), dim=1)
     # zero the masked logs before any product: −inf·0 would put NaN into the gradient
     log_p = torch.where(mask, log_p, 0.0)
     log_q = torch.where(mask, log_q, 0.0)

@@ -20,3 +20,10 @@ class MineConfig(Section):
     embed_concurrency: int = 1
     queries_per_batch: int = 16  # queries per judge task; each brings top_k + 1 pairs, kept together (prefix cache)
     max_actor_restarts: int = 3  # a judge/embed actor whose process dies is restarted and its task retried
+    # UniME-V2's δ: retrieved candidates below this cosine similarity are not judged; None: plain top-K
+    min_similarity: float | None = None
+    # The score reported for a fallback negative (no candidate survived the false-negative filter, so negatives were
+    # drawn at random): 1.0 as UniME-V2 has it (the soft labels then treat them like the positive, never as judged
+    # non-matches); None reports NaN and leaves them out of every score-based term.
+    fallback_score: float | None = 1.0
+    ranking_max: int | None = None  # candidates kept in each query's preference ranking (best first); None: all

@@ -6,9 +6,10 @@ s(q, c+). Then:
 
 1. False-negative filter (UniME-V2): c_i is a false negative, and dropped, if  s_i > s(q, c+) − β  (β = 0.01).
 2. Diverse hard negatives (UniME-V2 "cyclical sampling"): from the survivors ordered by score, take every `step`-th
-   (step = 5) until k (= 8) are chosen; where fewer than k survive, repeat them; where none survive, draw at random
-   and mark the row (`fallback`).
-3. Every candidate's score is kept beside the negatives: the soft labels (UniME-V2) and MAPLE's rankings use them.
+   (step = 5) until k (= 8) are chosen; where fewer than k survive, repeat them; where none survive, draw at random,
+   mark the row (`fallback`) and score the drawn negatives 1.0, as the paper does (`fallback_score`).
+3. Every candidate's score is kept beside the negatives: the soft labels (UniME-V2) and MAPLE's rankings
+   (`preference_ranking`, over every judged candidate and the positive) use them.
 
 Missing judge scores. A score is NaN when the judge's output lacked the Yes/No logits (Arrow null on disk). A NaN
 candidate score is neither a survivor nor a false negative: it cannot be ordered, and it cannot be shown to match the
@@ -103,7 +104,7 @@ class MinedRow:
 
     hard_negative_indices: (k,) int64 positions in the candidate list.
     hard_negative_ids: the candidates' ids at those positions.
-    hard_negative_scores: (k,) float64 judge scores; all NaN when `fallback` (see `mine_hard_negatives`).
+    hard_negative_scores: (k,) float64 judge scores; `fallback_score` each when `fallback` (see `mine_hard_negatives`).
     num_false_negatives: candidates dropped by the false-negative rule (the positive's own id is not counted).
     repeated: fewer than k distinct negatives were available, so some appear more than once.
     fallback: no candidate survived the filter; the negatives were drawn at random.
@@ -129,6 +130,7 @@ def mine_hard_negatives(
     beta: float = 0.01,
     step: int = 5,
     rng: np.random.Generator | int | None = None,
+    fallback_score: float | None = 1.0,
 ) -> MinedRow:
     """UniME-V2 hard negatives for one query.
 
@@ -145,8 +147,10 @@ def mine_hard_negatives(
     - no survivor: `fallback=True`; draw k at random (without replacement while possible, then repeating a random
       permutation, `repeated`) from the non-positive candidates that are not false negatives (NaN scores, or every
       candidate when the positive's score is missing); if there are none, from all non-positive candidates. The
-      drawn candidates' scores are reported as NaN: they are either unscored or judged matches, and must not be used
-      as scored negatives (the real scores remain in the row's candidate_scores).
+      drawn candidates are either unscored or judged matches, never judged non-matches: their scores are reported as
+      `fallback_score`, 1.0 as in the UniME-V2 paper (the soft labels then pull them toward the positive, never push
+      them away on an invented score); `fallback_score=None` reports NaN, which leaves them out of every score-based
+      term (the real scores remain in the row's candidate_scores).
     Raises ValueError when no candidate other than the positive exists (nothing can be a negative).
     """
     ids = list(candidate_ids)
@@ -181,7 +185,7 @@ def mine_hard_negatives(
                 "retrieve more candidates (mine.top_k) or quarantine this row"
             )
         picks = _random_draw(pool, k, np.random.default_rng(rng))
-        picked_scores = np.full(k, np.nan)
+        picked_scores = np.full(k, np.nan if fallback_score is None else float(fallback_score))
         repeated, fallback = pool.size < k, True
 
     return MinedRow(
@@ -220,6 +224,7 @@ def mine_batch(
     beta: float = 0.01,
     step: int = 5,
     seed: int = 0,
+    fallback_score: float | None = 1.0,
 ) -> dict[str, list]:
     """`mine_hard_negatives` over a batch of N rows (e.g. one Ray Data batch), as columns.
 
@@ -264,6 +269,7 @@ def mine_batch(
                 beta=beta,
                 step=step,
                 rng=np.random.default_rng(row_seed(seed, str(row_ids[i]))),
+                fallback_score=fallback_score,
             )
         except ValueError as error:
             out["hard_negative_ids"].append([])

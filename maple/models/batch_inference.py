@@ -45,8 +45,13 @@ class EmbedColumns:
                 lists = [[str(t) for t in texts] for texts in batch[column]]
                 flat = model.encode_texts([t for texts in lists for t in texts], self.batch_size).numpy()
                 bounds = np.cumsum([0] + [len(texts) for texts in lists])
-                batch[f"{prefix}{column}_emb"] = np.array(
-                    [flat[a:b].astype(np.float32) for a, b in zip(bounds, bounds[1:])], dtype=object)
+                # One float32 (n_i, D) array per row, assigned one by one: np.array(list, dtype=object) would turn
+                # a batch whose rows all have n captions into an (N, n, D) array of Python floats (float64), which
+                # Ray cannot unify with another batch's float32 ragged tensors.
+                column_emb = np.empty(len(lists), dtype=object)
+                for row, (a, b) in enumerate(zip(bounds, bounds[1:])):
+                    column_emb[row] = flat[a:b].astype(np.float32)
+                batch[f"{prefix}{column}_emb"] = column_emb
             for column, (images, ok, errors) in decoded.items():
                 emb = np.full((len(errors), model.embedding_dim), np.nan, dtype=np.float32)
                 if images:

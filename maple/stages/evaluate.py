@@ -20,6 +20,10 @@ from maple.models.config import RerankerConfig
 from maple.models.families import load_reranker
 
 
+# eval.split -> (the pairs split of the retrieval metrics, the compositional split)
+SPLITS = {"test": ("test", "compositional"), "val": ("val", "compositional_val")}
+
+
 def embed_table(path: Path, model_path: str | dict[str, str], batch_size: int = 64, **columns):
     """Read a Parquet split with Ray Data, embed the given columns (`EmbedColumns` arguments) in an actor pool, and
     return a pandas frame without the image bytes."""
@@ -43,13 +47,14 @@ def evaluate_many(evaluation: EvalConfig, world_dir: str | Path, models: dict[st
     """
     world = Path(world_dir)
     reranker_cfg = reranker_cfg or RerankerConfig()
-    test = embed_table(world / "test", models, evaluation.batch_size, image_columns=("image",),
+    pairs_split, comp_split = SPLITS[evaluation.split]
+    test = embed_table(world / pairs_split, models, evaluation.batch_size, image_columns=("image",),
                        text_list_columns=("captions",))
     bad = test["image_error"] != ""
     if bad.any():
-        raise ValueError(f"{world / 'test'}: {int(bad.sum())} test images do not decode (first id "
+        raise ValueError(f"{world / pairs_split}: {int(bad.sum())} images do not decode (first id "
                          f"{test['id'][bad].iloc[0]}); validate the split first")
-    comp = embed_table(world / "compositional", models, evaluation.batch_size,
+    comp = embed_table(world / comp_split, models, evaluation.batch_size,
                        image_columns=("image", "negative_image"), text_columns=("caption", "negative_caption"))
     results = {}
     for name in models:
@@ -65,7 +70,8 @@ def evaluate_many(evaluation: EvalConfig, world_dir: str | Path, models: dict[st
             view = lambda frame: frame.rename(columns={c: c.split("/", 1)[1] for c in frame.columns  # noqa: E731
                                                        if c.startswith(f"{name}/")})
             metrics.update(evaluate_with_reranker(reranker, world, view(test), view(comp), evaluation.recall_ks,
-                                                  evaluation.rerank_top_k, reranker_cfg.pick_best_of, reranker_cfg))
+                                                  evaluation.rerank_top_k, reranker_cfg.pick_best_of, reranker_cfg,
+                                                  splits=(pairs_split, comp_split)))
         results[name] = metrics
         if out_root is not None:
             out = Path(out_root) / name
@@ -81,8 +87,8 @@ def evaluate_many(evaluation: EvalConfig, world_dir: str | Path, models: dict[st
 
 
 def evaluate_with_reranker(reranker_dir: str, world_dir: str | Path, test, comp, ks: list[int],
-                           top_k_size: int = 10, m: int = 5, reranker_cfg: RerankerConfig | None = None
-                           ) -> dict[str, float]:
+                           top_k_size: int = 10, m: int = 5, reranker_cfg: RerankerConfig | None = None,
+                           splits: tuple[str, str] = SPLITS["test"]) -> dict[str, float]:
     """The reranked metrics (`maple.eval.rerank`), to merge with the embedder's own.
 
     reranker_dir: a saved reranker directory. world_dir: the folder with the `test` and `compositional` Parquet
@@ -97,15 +103,14 @@ def evaluate_with_reranker(reranker_dir: str, world_dir: str | Path, test, comp,
         table = pq.read_table(world_dir / split, columns=["id", column]).to_pydict()
         return {i: (decode_image(b) if b is not None else None) for i, b in zip(table["id"], table[column])}
 
-    test_images = images_by_id("test", "image")
+    test_images = images_by_id(splits[0], "image")
     ids = list(test["id"])
     captions = [c for caps in test["captions"] for c in caps]
     text_to_image = np.array([n for n, caps in enumerate(test["captions"]) for _ in caps])
     out = rerank_report(reranker.score, [test_images[i] for i in ids], np.stack(test["image_emb"]), captions,
                         text_to_image, np.concatenate([np.stack(list(e)) for e in test["captions_emb"]]), ks,
                         top_k_size, m)
-    comp_images, comp_negatives = images_by_id("compositional", "image"), images_by_id("compositional",
-                                                                                        "negative_image")
+    comp_images, comp_negatives = images_by_id(splits[1], "image"), images_by_id(splits[1], "negative_image")
     cids = list(comp["id"])
     out.update(compositional_rerank_report(
         reranker.score, [comp_images[i] for i in cids], list(comp["caption"]), list(comp["negative_caption"]),

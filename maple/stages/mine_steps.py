@@ -8,16 +8,15 @@ Ids: an image is named by its pair id, a caption by `<pair id>#<caption index>`;
 none of them is ever a negative).
 
 Flow of one query row: `query_rows` (embedding, positive) → `retrieve_candidates` (top-K ids and cosines) →
-`JudgeQueries` (the positive, then the K candidates, scored together so a query's prompts share a prefix) →
-`mine_queries` (JUDGED_SCHEMA columns, or a quarantine reason) → `ShardWriter` on the driver.
+`ProposeRewrites` (i2t rows, when a rewriter is configured: rewrites of the paired caption join the candidates as
+`<query id>~r<n>`) → `JudgeQueries` (the positive, then every candidate, scored together so a query's prompts share
+a prefix) → `mine_queries` (JUDGED_SCHEMA columns, or a quarantine reason) → `ShardWriter` on the driver.
 """
 
 from __future__ import annotations
 
-import os
-import signal
+import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,14 +24,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from maple.data.config import WorldConfig
 from maple.data.schema import QUERY_SCHEMA
 from maple.judge.backends import build_judge
 from maple.judge.base import make_pairs
 from maple.judge.config import JudgeConfig
-from maple.mining.rules import mine_batch
+from maple.mining.rules import mine_batch, preference_ranking
 from maple.models.batch_inference import EmbedColumns
 from maple.retrieval.index import VectorIndex
-from maple.stages.shards import OUTPUT_SCHEMA, REASON, SHARD
+from maple.rewrite.backends import build_rewriter
+from maple.rewrite.base import Rewriter
+from maple.rewrite.config import RewriteConfig
+from maple.stages.shards import OUTPUT_SCHEMA, REASON, REWRITE_REJECTS, SHARD
+
+RETRIEVED = "retrieved"
 
 DIRECTIONS = ("t2i", "i2t")
 
@@ -68,8 +73,11 @@ class ContentStore:
         pair, index = item_id.rsplit("#", 1)
         return self.captions[self.row[pair]][int(index)]
 
-    def side(self, item_id: str, is_image: bool) -> dict[str, Any]:
-        """A judge pair side: an image (bytes + annotation) or a caption."""
+    def side(self, item_id: str, is_image: bool, rewrites: dict[str, str] | None = None) -> dict[str, Any]:
+        """A judge pair side: an image (bytes + annotation), a caption, or a rewrite of the row (`rewrites`: id ->
+        text)."""
+        if rewrites and item_id in rewrites:
+            return {"text": rewrites[item_id], "image": None, "annotation": None}
         if is_image:
             return {"text": None, "image": self.image(item_id), "annotation": self.annotation(item_id)}
         return {"text": self.caption(item_id), "image": None, "annotation": None}
@@ -79,7 +87,8 @@ _CACHE: dict[str, Any] = {}
 
 
 def _cached(key: str, ref: Any, build) -> Any:
-    """One deserialisation per worker process of an object-store value (the content store, the indexes)."""
+    """One deserialisation per worker process of an object-store value (the content store, the indexes, a
+    rewriter)."""
     if key not in _CACHE:
         if len(_CACHE) > 8:  # a long-lived worker of several jobs: keep only recent values
             _CACHE.clear()
@@ -168,9 +177,11 @@ def _index_from_payload(payload: dict[str, Any]) -> VectorIndex:
     return VectorIndex(faiss.deserialize_index(payload["bytes"]), payload["kind"], payload["params"], payload["ids"])
 
 
-def retrieve_candidates(batch: pa.Table, *, indexes: Any, top_k: int) -> pa.Table:
+def retrieve_candidates(batch: pa.Table, *, indexes: Any, top_k: int, min_similarity: float | None = None) -> pa.Table:
     """Adds `candidate_ids` (list<str>, K) and `candidate_sims` (list<float32>, cosine) per query, from the index of
-    the query's direction (`indexes`: {direction: index_payload} or an object ref to it)."""
+    the query's direction (`indexes`: {direction: index_payload} or an object ref to it), leaving out candidates
+    below `min_similarity` (UniME-V2's δ); `candidate_sources` ("retrieved" each) and the rewrite columns, empty
+    until `ProposeRewrites` fills them."""
     start = time.perf_counter()
     key = f"indexes:{getattr(indexes, 'hex', lambda: id(indexes))()}"
     built = _cached(key, indexes, lambda p: {d: _index_from_payload(v) for d, v in p.items()})
@@ -184,51 +195,101 @@ def retrieve_candidates(batch: pa.Table, *, indexes: Any, top_k: int) -> pa.Tabl
         scores, indices = built[direction].search(emb[rows], top_k)
         found = built[direction].ids_at(indices)
         for r, row_ids, row_scores in zip(rows, found, scores):
-            keep = [j for j, cid in enumerate(row_ids) if cid is not None]
+            keep = [j for j, cid in enumerate(row_ids) if cid is not None
+                    and (min_similarity is None or row_scores[j] >= min_similarity)]
             ids[r] = [row_ids[j] for j in keep]
             sims[r] = [float(row_scores[j]) for j in keep]
     out = batch.drop_columns(["query_emb"])
     out = out.append_column("candidate_ids", pa.array(ids, pa.list_(pa.string())))
     out = out.append_column("candidate_sims", pa.array(sims, pa.list_(pa.float32())))
+    out = out.append_column("candidate_sources", pa.array([[RETRIEVED] * len(c) for c in ids], pa.list_(pa.string())))
+    for column in ("rewrite_ids", "rewrite_texts", "rewrite_kinds", REWRITE_REJECTS):
+        out = out.append_column(column, pa.array([[] for _ in range(n)], pa.list_(pa.string())))
     return out.append_column("_retrieve_s", pa.array(np.full(n, (time.perf_counter() - start) / max(n, 1))))
+
+
+# --- rewriting ----------------------------------------------------------------------------------------------------
+
+
+def rewrite_id(query_id: str, n: int) -> str:
+    return f"{query_id}~r{n}"
+
+
+class ProposeRewrites:
+    """Ray Data callable class (one rewriter per actor, for the LLM backends): `add_rewrites` with a model loaded
+    once. The grammar backend needs no actor: `propose_rewrites` runs as a plain task."""
+
+    def __init__(self, rewrite: dict[str, Any], world: dict[str, Any], store: Any):
+        self.rewriter = build_rewriter(RewriteConfig.model_validate(rewrite), WorldConfig.model_validate(world))
+        self.store_ref = store
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return add_rewrites(batch, self.rewriter, _store(self.store_ref))
+
+
+def propose_rewrites(batch: pa.Table, *, rewrite: dict[str, Any], world: dict[str, Any], store: Any) -> pa.Table:
+    """`add_rewrites` as a task (the grammar backend: no model to hold), the rewriter built once per process."""
+    key = f"rewriter:{json.dumps([rewrite, world], sort_keys=True)}"
+    rewriter = _cached(key, None, lambda _: build_rewriter(RewriteConfig.model_validate(rewrite),
+                                                           WorldConfig.model_validate(world)))
+    return add_rewrites(batch, rewriter, _store(store))
+
+
+def add_rewrites(batch: pa.Table, rewriter: Rewriter, store: ContentStore) -> pa.Table:
+    """Rewrites of each image→text query's paired caption join its candidates (`candidate_ids` +=
+    `<query id>~r<n>`, sims NaN, sources `rewrite:<kind>`), to be judged like the retrieved ones. Text→image rows are
+    left as they are (their candidates are images). What the rewriter could not turn into a rewrite goes to
+    `_rewrite_rejects` (JSON {reason, text}) for the shard's quarantine."""
+    rows = batch.to_pylist()
+    todo = [i for i, r in enumerate(rows) if r["direction"] == "i2t"]
+    proposals = rewriter.rewrite([(rows[i]["query_id"], store.caption(rows[i]["positive_id"])) for i in todo]) \
+        if todo else []
+    for i, found in zip(todo, proposals):
+        row = rows[i]
+        ids = [rewrite_id(row["query_id"], n) for n in range(len(found.rewrites))]
+        row["rewrite_ids"], row["rewrite_texts"] = ids, [r.text for r in found.rewrites]
+        row["rewrite_kinds"] = [r.kind for r in found.rewrites]
+        row[REWRITE_REJECTS] = [json.dumps({"reason": reason, "text": text}) for reason, text in found.rejects]
+        row["candidate_ids"] = row["candidate_ids"] + ids
+        row["candidate_sims"] = row["candidate_sims"] + [float("nan")] * len(ids)
+        row["candidate_sources"] = row["candidate_sources"] + [f"rewrite:{r.kind}" for r in found.rewrites]
+    return pa.Table.from_pylist(rows, schema=batch.schema)
+
+
+def row_rewrites(row: dict[str, Any]) -> dict[str, str]:
+    """id -> text of a query row's rewrites."""
+    return dict(zip(row["rewrite_ids"], row["rewrite_texts"]))
 
 
 # --- judging ------------------------------------------------------------------------------------------------------
 
-CHAOS_ENV = "MAPLE_CHAOS_KILL_JUDGE_ONCE"  # a marker-file path: the 2nd judge batch kills its own process once
 
 
 class JudgeQueries:
     """Ray Data callable class (one judge model per actor): scores each query's positive and K candidates.
 
-    The K + 1 pairs of one query are scored in one call, positive first, in retrieval order: they share the prompt
-    prefix (instruction + query), which vLLM's prefix cache then computes once. Adds `positive_score` (float32,
-    null where the judge gave no Yes/No logits) and `candidate_scores` (list<float32>, same nulls).
-
-    `kill_marker` is a fault-injection hook for the reliability test: when set, the actor's second batch creates
-    the marker file and SIGKILLs its own process (once per marker); Ray restarts the actor and retries the task.
+    The pairs of one query (the positive, the retrieved candidates, the rewrites) are scored in one call, positive
+    first: they share the prompt prefix (instruction + query), which vLLM's prefix cache then computes once. Adds
+    `positive_score` (float32, null where the judge gave no Yes/No logits) and `candidate_scores` (list<float32>,
+    same nulls).
     """
 
-    def __init__(self, judge: dict[str, Any], store: Any, kill_marker: str | None = None):
+    def __init__(self, judge: dict[str, Any], store: Any):
         self.backend = build_judge(JudgeConfig.model_validate(judge))
         self.store_ref = store
-        self.kill_marker = kill_marker
-        self.calls = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        self.calls += 1
-        if self.kill_marker and self.calls == 2 and not os.path.exists(self.kill_marker):
-            Path(self.kill_marker).write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
         start = time.perf_counter()
         store = _store(self.store_ref)
-        rows = batch.select(["direction", "query_id", "positive_id", "candidate_ids"]).to_pylist()
+        rows = batch.select(["direction", "query_id", "positive_id", "candidate_ids", "rewrite_ids",
+                             "rewrite_texts"]).to_pylist()
         pairs, counts = [], []
         for row in rows:
             t2i = row["direction"] == "t2i"
             query = store.side(row["query_id"], is_image=not t2i)
+            rewrites = row_rewrites(row)
             for cid in [row["positive_id"], *row["candidate_ids"]]:
-                cand = store.side(cid, is_image=t2i)
+                cand = store.side(cid, is_image=t2i, rewrites=rewrites)
                 pairs.append({"query_id": row["query_id"], "query_text": query["text"], "query_image": query["image"],
                               "query_annotation": query["annotation"], "candidate_id": cid,
                               "candidate_text": cand["text"], "candidate_image": cand["image"],
@@ -251,9 +312,11 @@ def _nullable(x: float) -> float | None:
 
 # --- mining -------------------------------------------------------------------------------------------------------
 
-def mine_queries(batch: pa.Table, *, store: Any, k: int, beta: float, step: int, seed: int) -> pa.Table:
-    """UniME-V2 mining (`maple.mining.rules.mine_batch`) of judged query rows -> JUDGED_SCHEMA columns plus the
-    shard, the timings and `_quarantine_reason` (a row that cannot be mined keeps its id and gets the reason)."""
+def mine_queries(batch: pa.Table, *, store: Any, k: int, beta: float, step: int, seed: int,
+                 fallback_score: float | None = 1.0, ranking_max: int | None = None) -> pa.Table:
+    """UniME-V2 mining (`maple.mining.rules.mine_batch`) of judged query rows, and MAPLE's preference ranking of every
+    judged candidate -> JUDGED_SCHEMA columns plus the shard, the timings, the rewriter's rejects and
+    `_quarantine_reason` (a row that cannot be mined keeps its id and gets the reason)."""
     start = time.perf_counter()
     content = _store(store)
     rows = batch.to_pylist()
@@ -262,11 +325,18 @@ def mine_queries(batch: pa.Table, *, store: Any, k: int, beta: float, step: int,
         [r["id"] for r in rows], [r["candidate_ids"] for r in rows],
         [[nan if s is None else s for s in r["candidate_scores"]] for r in rows],
         [r["positive_ids"] for r in rows], [nan if r["positive_score"] is None else r["positive_score"] for r in rows],
-        k=k, beta=beta, step=step, seed=seed)
+        k=k, beta=beta, step=step, seed=seed, fallback_score=fallback_score)
     out = []
     for i, r in enumerate(rows):
         t2i = r["direction"] == "t2i"
+        rewrites = row_rewrites(r)
+
+        def text(item_id: str) -> str:
+            return rewrites[item_id] if item_id in rewrites else content.caption(item_id)
+
         negatives = mined["hard_negative_ids"][i]
+        ranked = _ranking([r["positive_id"], *r["candidate_ids"]], [r["positive_score"], *r["candidate_scores"]],
+                          ranking_max)
         out.append({
             "id": r["id"], "direction": r["direction"], "query_id": r["query_id"],
             "query_text": content.caption(r["query_id"]) if t2i else None,
@@ -277,11 +347,16 @@ def mine_queries(batch: pa.Table, *, store: Any, k: int, beta: float, step: int,
             "positive_score": r["positive_score"], "candidate_ids": r["candidate_ids"],
             "candidate_scores": r["candidate_scores"], "candidate_sims": r["candidate_sims"],
             "hard_negative_ids": negatives, "hard_negative_scores": mined["hard_negative_scores"][i],
-            "hard_negative_texts": None if t2i else [content.caption(c) for c in negatives],
+            "hard_negative_texts": None if t2i else [text(c) for c in negatives],
             "hard_negative_images": [content.image(c) for c in negatives] if t2i else None,
             "num_false_negatives": mined["num_false_negatives"][i], "repeated": mined["repeated"][i],
             "fallback": mined["fallback"][i], "judge_missing": mined["judge_missing"][i],
-            SHARD: r[SHARD], REASON: mined["mining_error"][i],
+            "candidate_sources": r["candidate_sources"],
+            "ranking_ids": [c for c, _ in ranked], "ranking_scores": [s for _, s in ranked],
+            "ranking_texts": None if t2i else [text(c) for c, _ in ranked],
+            "ranking_images": [content.image(c) for c, _ in ranked] if t2i else None,
+            "rewrite_texts": r["rewrite_texts"], "rewrite_kinds": r["rewrite_kinds"],
+            SHARD: r[SHARD], REASON: mined["mining_error"][i], REWRITE_REJECTS: r[REWRITE_REJECTS],
             "_retrieve_s": r["_retrieve_s"], "_judge_s": r["_judge_s"], "_judge_pairs": r["_judge_pairs"],
             "_mine_s": 0.0,
         })
@@ -289,3 +364,10 @@ def mine_queries(batch: pa.Table, *, store: Any, k: int, beta: float, step: int,
     per_row = (time.perf_counter() - start) / max(len(out), 1)
     return table.set_column(table.schema.get_field_index("_mine_s"), "_mine_s",
                             pa.array(np.full(len(out), per_row)))
+
+
+def _ranking(ids: list[str], scores: list[float | None], limit: int | None) -> list[tuple[str, float]]:
+    """(id, score) of every scored item, best first (`preference_ranking`; ties keep list order), at most `limit`."""
+    values = np.array([np.nan if s is None else s for s in scores], dtype=np.float64)
+    order = preference_ranking(values)[:limit]
+    return [(ids[j], float(values[j])) for j in order]

@@ -1,16 +1,16 @@
 """The mining pipeline (ARCHITECTURE.md: pairs → embed → retrieve → judge → mine) as Ray Data stages.
 
 Ray Data streams the pairs → embed (actor pool, current embedder) → global top-K retrieval (faiss) in each direction
-→ judge every (query, candidate) and (query, positive) pair (`maple.judge`, an actor pool) → UniME-V2 mining
-(`maple.mining.rules`) → Parquet shards named by input shard (JUDGED_SCHEMA), quarantine beside them
-(`maple.stages.shards`). The steps themselves are in `maple.stages.mine_steps`.
+→ rewrites of each image's paired caption join its candidates (`maple.rewrite`, when rewrite.backend is set) → judge
+every (query, candidate) and (query, positive) pair (`maple.judge`, an actor pool) → UniME-V2 mining and MAPLE's
+preference ranking (`maple.mining.rules`) → Parquet shards named by input shard (JUDGED_SCHEMA), quarantine beside
+them (`maple.stages.shards`). The steps themselves are in `maple.stages.mine_steps`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -20,21 +20,23 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from maple.data.config import DataConfig
+from maple.data.config import DataConfig, WorldConfig
 from maple.data.schema import CONTENT_SCHEMA
 from maple.eval.plots import plot_score_histogram
 from maple.judge.backends import check_judge
 from maple.judge.config import JudgeConfig
 from maple.mining.config import MineConfig
 from maple.retrieval.index import VectorIndex, build_index
+from maple.rewrite.config import RewriteConfig
 from maple.section import RunConfig
 from maple.stages.mine_steps import (
-    CHAOS_ENV,
     EmbedPairs,
     JudgeQueries,
+    ProposeRewrites,
     caption_id,
     index_payload,
     mine_queries,
+    propose_rewrites,
     query_rows,
     retrieve_candidates,
 )
@@ -94,16 +96,35 @@ def build_indexes(emb: dict, mine: MineConfig, out: Path, seed: int) -> dict[str
     return indexes
 
 
-def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunConfig, model_path: str) -> dict:
+def check_cpus(judge: JudgeConfig, rewrite: RewriteConfig, available: float) -> None:
+    """The judge's (and an LLM rewriter's) actors hold their CPUs for the whole stream; the retrieval and mining
+    tasks need half a CPU beside them. Refuse a plan that cannot be placed (it would wait forever) and say which keys
+    change it."""
+    actors = judge.num_actors * judge.cpus_per_actor
+    if rewrite.backend in ("hf", "vllm"):
+        actors += rewrite.num_actors * rewrite.cpus_per_actor
+    if actors + 0.5 > available:
+        raise ValueError(
+            f"the mining stream's actors ask {actors:g} CPUs (judge.num_actors × judge.cpus_per_actor"
+            f"{' + rewrite.num_actors × rewrite.cpus_per_actor' if rewrite.backend in ('hf', 'vllm') else ''}) and "
+            f"its tasks 0.5 more, but the Ray cluster has {available:g}; lower those keys or join a larger cluster")
+
+
+def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunConfig, model_path: str,
+               rewrite: RewriteConfig | None = None, world: WorldConfig | None = None,
+               judge_class: type = JudgeQueries) -> dict:
     """The mining pipeline: read and validate the pairs of `mine.input`, embed them with the model at `model_path`,
-    retrieve each query's top-K in its direction, judge every (query, candidate) and (query, positive) pair, mine,
-    and write `<mine.output>/judged/<shard>.parquet` (+ quarantine, the index, `summary.json` and
-    `score_histogram.png`). Shards finished by an earlier run are skipped. Returns the summary (counts,
-    throughput, the judge's start-up facts, the paths written)."""
+    retrieve each query's top-K in its direction, add the rewrites of each image's caption (`rewrite`; the grammar
+    backend reads the world's vocabulary from `world`), judge every (query, candidate) and (query, positive) pair,
+    mine, and write `<mine.output>/judged/<shard>.parquet` (+ quarantine, the index, `summary.json` and
+    `score_histogram.png`). Shards finished by an earlier run are skipped. `judge_class` is the judge step's
+    callable class (`JudgeQueries`, or a subclass: the fault-injection test kills one mid-run). Returns the summary
+    (counts, throughput, the judge's start-up facts, the paths written)."""
     out = Path(mine.output or Path(run.output_dir) / "mined")
     files = input_shards(mine.input or Path(run.output_dir) / "world" / "train")
-    # Fail fast: judge model, its Yes/No tokens, GPUs, before reading any data.
+    # Fail fast: judge model, its Yes/No tokens, GPUs, CPUs, before reading any data.
     judge_facts = check_judge(judge, needs_images=True, available_gpus=ray.cluster_resources().get("GPU", 0.0))
+    check_cpus(judge, rewrite or RewriteConfig(), ray.cluster_resources().get("CPU", 0.0))
     shards = [shard_name(f) for f in files]
     done = finished_shards(out, shards)
     todo = [s for s in shards if s not in done]
@@ -135,17 +156,28 @@ def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunC
         payload = ray.put({d: index_payload(ix) for d, ix in indexes.items()})
         per_batch = mine.queries_per_batch
         ds = ray.data.from_arrow([queries.slice(i, per_batch) for i in range(0, queries.num_rows, per_batch)])
-        ds = ds.map_batches(retrieve_candidates, batch_format="pyarrow", batch_size=per_batch,
-                            fn_kwargs={"indexes": payload, "top_k": mine.top_k}, num_cpus=0.5)
+        ds = ds.map_batches(retrieve_candidates, batch_format="pyarrow", batch_size=per_batch, num_cpus=0.5,
+                            fn_kwargs={"indexes": payload, "top_k": mine.top_k, "min_similarity": mine.min_similarity})
+        rewrite = rewrite or RewriteConfig()
+        rewriting = {"rewrite": rewrite.model_dump(), "world": (world or WorldConfig()).model_dump(), "store": store}
+        if rewrite.backend == "grammar" and "i2t" in mine.directions:  # cheap and model-free: a task, no actor
+            ds = ds.map_batches(propose_rewrites, batch_format="pyarrow", batch_size=per_batch, num_cpus=0.25,
+                                fn_kwargs=rewriting)
+        elif rewrite.backend != "none" and "i2t" in mine.directions:  # an LLM: one model per actor
+            ds = ds.map_batches(
+                ProposeRewrites, batch_format="pyarrow", batch_size=per_batch, fn_constructor_kwargs=rewriting,
+                concurrency=rewrite.num_actors, num_cpus=rewrite.cpus_per_actor,
+                num_gpus=rewrite.gpus_per_actor or None,
+                max_restarts=mine.max_actor_restarts, max_task_retries=mine.max_actor_restarts)
         ds = ds.map_batches(
-            JudgeQueries, batch_format="pyarrow", batch_size=per_batch,
-            fn_constructor_kwargs={"judge": judge.model_dump(), "store": store,
-                                   "kill_marker": os.environ.get(CHAOS_ENV)},
+            judge_class, batch_format="pyarrow", batch_size=per_batch,
+            fn_constructor_kwargs={"judge": judge.model_dump(), "store": store},
             concurrency=judge.num_actors, num_cpus=judge.cpus_per_actor, num_gpus=judge.gpus_per_actor or None,
             max_restarts=mine.max_actor_restarts, max_task_retries=mine.max_actor_restarts)
         ds = ds.map_batches(mine_queries, batch_format="pyarrow", batch_size=per_batch, num_cpus=0.5,
                             fn_kwargs={"store": store, "k": mine.num_hard_negatives, "beta": mine.beta,
-                                       "step": mine.cyclical_step, "seed": run.seed})
+                                       "step": mine.cyclical_step, "seed": run.seed,
+                                       "fallback_score": mine.fallback_score, "ranking_max": mine.ranking_max})
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             writer.add(batch)
     writer.close()
@@ -166,7 +198,10 @@ def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunC
         },
         "summary_path": str(out / "summary.json"), "histogram_path": str(out / "score_histogram.png"),
     })
-    summary["score_histogram"] = plot_score_histogram(writer.score_values(), out / "score_histogram.png")
+    summary["score_histogram"] = plot_score_histogram(
+        {source: writer.score_values(source) for source in ("positive", "retrieved", "rewritten")},
+        out / "score_histogram.png")
+    summary["counts"]["rewrites_judged"] = int(np.isfinite(writer.score_values("rewritten")).sum())
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 

@@ -23,9 +23,12 @@ JUDGED_DIR = "judged"
 # Columns that travel with a row through the stages besides JUDGED_SCHEMA's; dropped by the writer.
 SHARD = "shard"
 REASON = "_quarantine_reason"
+REWRITE_REJECTS = "_rewrite_rejects"  # JSON {reason, text} per proposal the rewriter could not make into a rewrite
 TIMING = ("_retrieve_s", "_judge_s", "_judge_pairs", "_mine_s")
 OUTPUT_SCHEMA = pa.schema([*JUDGED_SCHEMA, pa.field(SHARD, pa.string()), pa.field(REASON, pa.string()),
+                           pa.field(REWRITE_REJECTS, pa.list_(pa.string())),
                            *(pa.field(t, pa.int64() if t == "_judge_pairs" else pa.float64()) for t in TIMING)])
+SCORE_SOURCES = ("positive", "retrieved", "rewritten")
 
 
 def shard_name(source: str) -> str:
@@ -60,7 +63,7 @@ class ShardWriter:
         self.seen: dict[str, set[str]] = defaultdict(set)
         self.writers: dict[str, pq.ParquetWriter] = {}
         self.totals: dict[str, float] = defaultdict(float)
-        self.scores: list[np.ndarray] = []
+        self.scores: dict[str, list[np.ndarray]] = {source: [] for source in SCORE_SOURCES}
         self.done: list[str] = []
         for shard, n in self.expected.items():
             if n == 0:
@@ -87,12 +90,16 @@ class ShardWriter:
             for row in bad.select(["id", "direction", "query_id", "positive_id", REASON]).to_pylist():
                 self.quarantine[shard].append({"id": row["id"], "source": shard, "stage": "mine",
                                                "reason": row.pop(REASON), "row": json.dumps(row)})
+            for row_id, rejects in zip(ids, part[REWRITE_REJECTS].to_pylist()):
+                for reject in rejects or []:
+                    item = json.loads(reject)
+                    self.quarantine[shard].append({"id": row_id, "source": shard, "stage": "rewrite",
+                                                   "reason": item["reason"], "row": reject})
             if good.num_rows:
                 if shard not in self.writers:
                     self.writers[shard] = pq.ParquetWriter(self._tmp(shard), JUDGED_SCHEMA)
                 self.writers[shard].write_table(good.select(JUDGED_SCHEMA.names).cast(JUDGED_SCHEMA))
-                flat = pc.list_flatten(good["candidate_scores"]).to_numpy(zero_copy_only=False)
-                self.scores.append(np.concatenate([flat, good["positive_score"].to_numpy(zero_copy_only=False)]))
+                self._keep_scores(good)
             if len(self.seen[shard]) > self.expected[shard]:
                 raise RuntimeError(f"shard {shard}: {len(self.seen[shard])} rows for {self.expected[shard]} queries")
             if len(self.seen[shard]) == self.expected[shard]:
@@ -120,9 +127,19 @@ class ShardWriter:
             raise RuntimeError(f"the stream ended with shards incomplete (rows/expected): {short}; their output was "
                                "not written, a re-run redoes them")
 
-    def score_values(self) -> np.ndarray:
-        """Every judge score written this run (candidates and positives), NaN where missing."""
-        return np.concatenate(self.scores).astype(np.float64) if self.scores else np.zeros(0)
+    def _keep_scores(self, good: pa.Table) -> None:
+        scores = pc.list_flatten(good["candidate_scores"]).to_numpy(zero_copy_only=False).astype(np.float64)
+        rewritten = np.char.startswith(
+            np.asarray(pc.list_flatten(good["candidate_sources"]).to_pylist(), dtype=str), "rewrite")
+        self.scores["retrieved"].append(scores[~rewritten])
+        self.scores["rewritten"].append(scores[rewritten])
+        self.scores["positive"].append(good["positive_score"].to_numpy(zero_copy_only=False).astype(np.float64))
+
+    def score_values(self, source: str | None = None) -> np.ndarray:
+        """The judge scores written this run, NaN where missing: of one source ("positive", "retrieved",
+        "rewritten") or of all of them."""
+        parts = [p for s in ([source] if source else SCORE_SOURCES) for p in self.scores[s]]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def output_counts(out: Path) -> dict:

@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from maple.data.files import atomic_path, check_replaceable
 from maple.section import RunConfig
 from maple.train.config import TrainConfig
 from maple.train.task import TrainTask
@@ -88,7 +89,7 @@ def deepspeed_config(tc: TrainConfig, micro_batch: int) -> dict[str, Any]:
         "gradient_accumulation_steps": 1,
         "gradient_clipping": tc.max_grad_norm,  # DeepSpeed's default is 1.0: always say it
         "zero_optimization": {"stage": tc.zero_stage},
-        "bf16": {"enabled": tc.bf16},
+        "bf16": {"enabled": tc.use_gpu if tc.bf16 is None else tc.bf16},
         "zero_allow_untested_optimizer": True,  # the client AdamW: no DeepSpeed op to compile
         "steps_per_print": 10 ** 9,
     }
@@ -346,6 +347,7 @@ def run_training(train: TrainConfig, run: RunConfig, task: TrainTask, datasets: 
     from ray.train.torch import TorchTrainer
 
     check_config(train)
+    check_replaceable(output_dir(train, run, run_name))  # before any work: never replace a folder maple did not write
     if "train" not in datasets:
         raise ValueError(f"run_training needs a 'train' dataset; got {sorted(datasets)}")
     task.check({name: ds.schema().base_schema for name, ds in datasets.items()})
@@ -367,9 +369,7 @@ def run_training(train: TrainConfig, run: RunConfig, task: TrainTask, datasets: 
         if train.num_workers == 0:
             forget_deepspeed_world_group()
     out = output_dir(train, run, run_name)
-    with result.checkpoint.as_directory() as directory:
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(Path(directory) / MODEL_DIR, out)
+    with result.checkpoint.as_directory() as directory, atomic_path(out) as tmp:
+        shutil.copytree(Path(directory) / MODEL_DIR, tmp)
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     return TrainResult(str(out), mlflow.run_id, None, metrics, result.checkpoint.path)

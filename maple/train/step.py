@@ -45,10 +45,11 @@ def optimizer_step(optimizer: Any, params: list[nn.Parameter] | None = None, max
 
 
 def loss_inputs(batch: EmbedderBatch) -> dict[str, torch.Tensor]:
-    """The judge scores of the batch as `MapleLoss` keyword arguments (none for plain pairs)."""
-    if batch.positive_score is None:
-        return {}
-    return {"positive_score": batch.positive_score, "hard_negative_scores": batch.hard_negative_scores}
+    """The batch's judge scores, directions and content keys as `MapleLoss` keyword arguments (those it has)."""
+    values = {"positive_score": batch.positive_score, "hard_negative_scores": batch.hard_negative_scores,
+              "ranking_scores": batch.ranking_scores, "groups": batch.groups, "query_keys": batch.query_keys,
+              "positive_keys": batch.positive_keys}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def train_step(model: Embedder, loss_fn: nn.Module, batch: EmbedderBatch, optimizer: Any,
@@ -61,21 +62,27 @@ def train_step(model: Embedder, loss_fn: nn.Module, batch: EmbedderBatch, optimi
     DeepSpeed engine wrapping model and loss_fn.
     """
     model.train()
-    k = batch.k
-    scores = {name: t.to(model.device) for name, t in loss_inputs(batch).items()}
+    n, k, p = len(batch), batch.k, batch.ranking_size
+    inputs = {name: t.to(model.device) for name, t in loss_inputs(batch).items()}
+    # The slots embedded this step, each with its rows per query (GradCache chunks them by the same queries).
+    slots = {"query": (batch.query, 1), "positive": (batch.positive, 1)}
+    if batch.hard_negatives is not None:
+        slots["hard_negatives"] = (batch.hard_negatives, k)
+    if batch.ranking is not None:
+        slots["ranking"] = (batch.ranking, p)
 
-    def loss_of(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None = None):
-        hard = negatives.view(query.shape[0], k, -1) if negatives is not None else None
-        return loss_fn(query, positive, hard_negatives=hard, **scores)
+    def loss_of(*embedded: torch.Tensor):
+        z = dict(zip(slots, embedded))
+        extra = {name: z[name].view(n, per_query, -1) for name, (_, per_query) in slots.items()
+                 if name in ("hard_negatives", "ranking")}
+        return loss_fn(z["query"], z["positive"], **extra, **inputs)
 
-    slots = [batch.query, batch.positive] + ([batch.hard_negatives] if batch.hard_negatives is not None else [])
     if gradcache_chunk is None:
-        out = loss_of(*(slot.embed(model) for slot in slots))
+        out = loss_of(*(slot.embed(model) for slot, _ in slots.values()))
         backward(optimizer, out["loss"])
     else:
-        # Negatives are chunked by the same number of queries: k rows per query.
-        sizes = [gradcache_chunk, gradcache_chunk, gradcache_chunk * max(k, 1)]
-        streams = [(lambda mixed: mixed.embed(model), slot.chunks(size)) for slot, size in zip(slots, sizes)]
+        streams = [(lambda mixed: mixed.embed(model), slot.chunks(gradcache_chunk * max(per_query, 1)))
+                   for slot, per_query in slots.values()]
         out = gradcache_step(streams, loss_of, backward=lambda loss, last: backward(optimizer, loss, last))
     params = [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
     optimizer_step(optimizer, params, max_grad_norm)

@@ -1,18 +1,75 @@
-"""The main job at a tiny size: every stage runs and the report holds every variant."""
+"""The main job at a tiny size: every stage runs, the report holds every variant, the same command gives the same
+numbers, and nothing the evaluation uses reaches the training rows."""
 
 import json
+
+import pyarrow.parquet as pq
+import pytest
 
 from jobs.demo import VARIANTS, main
 
 
-def test_tiny_demo_runs_end_to_end_and_reports_every_variant(ray_local, mlflow_uri, tmp_path):
-    metrics = main(["--config", "configs/demo_tiny.yaml", f"run.output_dir={tmp_path}"])
-    report = (tmp_path / "report" / "report.md").read_text()
+@pytest.fixture(scope="module")
+def demo_runs(ray_local, mlflow_uri, tmp_path_factory):
+    """The tiny demo, run twice with the same command into two folders."""
+    runs = []
+    for k in range(2):
+        out = tmp_path_factory.mktemp(f"demo{k}")
+        runs.append((out, main(["--config", "configs/demo_tiny.yaml", f"run.output_dir={out}",
+                                f"run.name=demo-tiny-{k}"])))
+    return runs
+
+
+def test_tiny_demo_runs_end_to_end_and_reports_every_variant(demo_runs):
+    out, metrics = demo_runs[0]
+    report = (out / "report" / "report.md").read_text()
     for variant in [*VARIANTS, "full+reranker", "baseline"]:
         assert f"| {variant} |" in report, variant
-    for plot in ("type_accuracy.png", "similarity_histograms.png", "training_loss.png"):
-        assert (tmp_path / "report" / plot).stat().st_size > 1000, plot
+    for plot in ("type_accuracy.png", "similarity_histograms.png", "training_loss.png", "judge_scores.png"):
+        assert (out / "report" / plot).stat().st_size > 1000, plot
     # every number in the report comes from the evaluation job's files
-    written = json.loads((tmp_path / "eval" / "full-s0" / "metrics.json").read_text())
+    written = json.loads((out / "eval" / "full-s0" / "metrics.json").read_text())
     assert written["t2i_r@1"] == metrics["full-s0"]["t2i_r@1"]
     assert 0.0 <= metrics["full+reranker-s0"]["t2i_r@1"] <= 1.0
+    # rewriting is on in the tiny recipe: rewritten candidates were judged and reached the preference rankings
+    judged = pq.read_table(out / "mined" / "judged").to_pylist()
+    sources = {s for row in judged for s in row["candidate_sources"]}
+    assert "retrieved" in sources and any(s.startswith("rewrite:") for s in sources), sources
+
+
+def test_the_same_command_gives_the_same_numbers(demo_runs):
+    (_, first), (_, second) = demo_runs
+    assert first.keys() == second.keys()
+    for name in first:
+        assert first[name] == second[name], name
+
+
+def _pixels(blob):
+    from maple.data.images import decode_image
+
+    return decode_image(blob).tobytes()
+
+
+def test_no_evaluation_image_or_pair_reaches_the_training_rows(demo_runs):
+    out, _ = demo_runs[0]
+    world = out / "world"
+    eval_images, eval_pairs = set(), set()
+    for row in pq.read_table(world / "compositional").to_pylist():
+        for image in (row["image"], row["negative_image"]):
+            if image is not None:
+                eval_images.add(_pixels(image))
+        eval_pairs |= {(_pixels(row["image"]), row["caption"]), (_pixels(row["image"]), row["negative_caption"])}
+    for row in pq.read_table(world / "test").to_pylist():
+        eval_images.add(_pixels(row["image"]))
+        eval_pairs |= {(_pixels(row["image"]), caption) for caption in row["captions"]}
+
+    judged = pq.read_table(out / "mined" / "judged").to_pylist()
+    assert judged
+    for row in judged:
+        images = [row["query_image"], row["positive_image"], *(row["hard_negative_images"] or []),
+                  *(row["ranking_images"] or [])]
+        pixels = [_pixels(image) for image in images if image is not None]
+        assert not set(pixels) & eval_images, row["id"]
+        texts = [row["query_text"], row["positive_text"], *(row["hard_negative_texts"] or []),
+                 *(row["ranking_texts"] or []), *(row["rewrite_texts"] or [])]
+        assert not {(p, t) for p in pixels for t in texts if t is not None} & eval_pairs, row["id"]

@@ -33,9 +33,10 @@ def test_zero_stage_4_fails_at_start(capsys, small_world):
     assert "train.zero_stage=4" in _bad(capsys, "train.zero_stage=4", world=small_world[0])
 
 
-def test_rpa_on_pairs_without_judged_columns_fails_at_start(capsys, small_world):
-    err = _bad(capsys, "train.loss.rpa=pairwise", world=small_world[0])
-    assert "positive_score" in err and "train.loss.rpa=pairwise" in err
+@pytest.mark.parametrize("candidates, column", [("ranking", "ranking_scores"), ("mined", "positive_score")])
+def test_rpa_on_pairs_without_judged_columns_fails_at_start(capsys, small_world, candidates, column):
+    err = _bad(capsys, "train.loss.rpa=pairwise", f"train.loss.rpa_candidates={candidates}", world=small_world[0])
+    assert column in err and "train.loss.rpa=pairwise" in err
 
 
 def test_ray_job_submit_trains_exports_and_registers(ray_head, small_world, mlflow_uri, tmp_path):

@@ -1,20 +1,6 @@
-"""Tiny random judge checkpoints (maple.judge.tiny), built once per test session into a temporary folder."""
+"""Judge pairs and their reference scores (the tiny judge checkpoints are in tests/fixtures/judge.py)."""
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> str:
-    from maple.models.tiny_judge import build_tiny_judge
-
-    return str(build_tiny_judge(tmp_path_factory.mktemp("judge") / "llama", "llama"))
-
-
-@pytest.fixture(scope="session")
-def tiny_llava(tmp_path_factory) -> str:
-    from maple.models.tiny_judge import build_tiny_judge
-
-    return str(build_tiny_judge(tmp_path_factory.mktemp("judge") / "llava", "llava"))
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from maple.judge.prompt import (
-    INSTRUCTION,
     JudgeSetupError,
     answer_token_ids,
     judge_prompt,
@@ -16,7 +15,10 @@ from maple.models.tokenizer import build_word_tokenizer
 
 def test_prompt_is_the_unime_v2_wording_with_the_candidate_last():
     prompt = judge_prompt("a red circle", "<image>")
-    assert prompt.text == f"{INSTRUCTION} Query:a red circle, Candidates:<image>."
+    assert prompt.text == (
+        "I will provide you with a query and a candidate. Please evaluate whether the candidate meets the requirements "
+        "of the query. If it does, respond with 'Yes'; if it doesn't, respond with 'No'. "
+        "Query:a red circle, Candidates:<image>.")
     assert prompt.text.startswith(prompt.prefix) and prompt.text[len(prompt.prefix):] == "<image>."
 
 

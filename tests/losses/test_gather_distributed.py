@@ -1,4 +1,6 @@
-"""The gathered InfoNCE on 2 processes (gloo) equals one process holding the whole batch: value and gradients.
+"""The gathered InfoNCE on 2 processes (gloo) equals one process holding the whole batch: value and gradients, with
+one softmax per direction (groups) and rows sharing a query or a positive kept out of each other's denominators (keys
+gathered across ranks with the rows).
 
 Each rank embeds its half of the batch with the same small model; parameter gradients are averaged across ranks as
 DDP and DeepSpeed do, then compared with the single-process step.
@@ -17,6 +19,11 @@ import torch.multiprocessing as mp
 from maple.losses import gather_features, infonce_loss
 
 WORLD_SIZE, N, K, D_IN, D = 2, 6, 2, 5, 4
+# Over the global batch: directions, and keys with a shared query (rows 1, 4) and a shared positive (rows 0, 5)
+# that lie on different ranks, so only the gathered keys can mask them.
+GROUPS = torch.tensor([0, 1, 0, 1, 1, 0])
+QUERY_KEYS = torch.tensor([10, 11, 12, 13, 11, 15])
+CANDIDATE_KEYS = torch.tensor([20, 21, 22, 23, 24, 20])
 
 
 def _setup():
@@ -29,8 +36,9 @@ def _setup():
     return model, logit_scale, batch
 
 
-def _step(model, logit_scale, query, candidate, hard, local_loss):
-    loss = infonce_loss(model(query), model(candidate), logit_scale, hard_negatives=model(hard), local_loss=local_loss)
+def _step(model, logit_scale, query, candidate, hard, local_loss, rows=slice(None)):
+    loss = infonce_loss(model(query), model(candidate), logit_scale, hard_negatives=model(hard), local_loss=local_loss,
+                        groups=GROUPS[rows], query_keys=QUERY_KEYS[rows], candidate_keys=CANDIDATE_KEYS[rows])
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in (*model.parameters(), logit_scale)]
 
@@ -54,7 +62,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         results["local_grad"] = local.grad
         for local_loss in (False, True):
             model, logit_scale, (query, candidate, hard) = _setup()
-            loss, grads = _step(model, logit_scale, query[rows], candidate[rows], hard[rows], local_loss)
+            loss, grads = _step(model, logit_scale, query[rows], candidate[rows], hard[rows], local_loss, rows)
             for grad in grads:  # what DDP / DeepSpeed do to parameter gradients
                 dist.all_reduce(grad)
                 grad /= WORLD_SIZE

@@ -91,3 +91,22 @@ def test_infonce_rejects_hard_negatives_of_the_wrong_shape():
     query, candidate, hard = _inputs()
     with pytest.raises(ValueError, match=r"hard_negatives must be \(N, k, D\)"):
         infonce_loss(query, candidate, torch.tensor(10.0), hard_negatives=hard[:2])
+
+
+def test_keys_keep_rows_sharing_a_query_or_a_positive_out_of_each_others_denominators():
+    """Two captions of one image (a shared positive) and one caption of two images (a shared query) are not each
+    other's negatives: the reference drops those columns from the softmax, row by row; the diagonal always stays."""
+    query, candidate, _ = _inputs(n=5, seed=4)
+    query_keys, candidate_keys = torch.tensor([1, 2, 3, 2, 5]), torch.tensor([7, 8, 7, 9, 6])
+    got = infonce_loss(query, candidate, torch.tensor(6.0, dtype=torch.float64), query_keys=query_keys,
+                       candidate_keys=candidate_keys).item()
+    q = [_normalise(r) for r in query.tolist()]
+    c = [_normalise(r) for r in candidate.tolist()]
+    qk, ck = query_keys.tolist(), candidate_keys.tolist()
+    total = 0.0
+    for i in range(5):
+        kept = [j for j in range(5) if j == i or (qk[j] != qk[i] and ck[j] != ck[i])]
+        total -= _log_softmax_at([6.0 * _dot(q[i], c[j]) for j in kept], kept.index(i)) / 10
+        total -= _log_softmax_at([6.0 * _dot(c[i], q[j]) for j in kept], kept.index(i)) / 10
+    assert got == pytest.approx(total, abs=1e-9)
+    assert got < infonce_loss(query, candidate, torch.tensor(6.0, dtype=torch.float64)).item()

@@ -120,3 +120,18 @@ def test_rpa_rejects_a_mask_of_the_wrong_shape():
     sim, judge = _inputs()
     with pytest.raises(ValueError, match="mask must be a bool"):
         rpa_pairwise_loss(sim, judge, 1.0, mask=torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_rpa_values_of_a_hand_computed_row():
+    """One query, three candidates: sim (0.5, 0.2, 0.1), judge (1, 0.5, 0), β = 2, so s = (1.0, 0.4, 0.2).
+    pairwise = −[0.5·logσ(0.6) + 1·logσ(0.8) + 0.5·logσ(0.2)] = 0.888914...
+    listwise = −[0.75·(1.0 − log(e^1.0 + e^0.4 + e^0.2)) + 0.5·(0.4 − log(e^0.4 + e^0.2))] = 0.818232...
+    (the first weight is the mean gap of candidate 0 to the two after it, (0.5 + 1) / 2)."""
+    sim = torch.tensor([[0.5, 0.2, 0.1]], dtype=torch.float64)
+    judge = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)
+    assert rpa_pairwise_loss(sim, judge, 2.0).item() == pytest.approx(0.8889140758815164, abs=1e-12)
+    assert rpa_listwise_loss(sim, judge, 2.0).item() == pytest.approx(0.8182322208607278, abs=1e-12)
+    # the direction: the same row with the embedder ranking them the other way round costs more
+    flipped = sim.flip(1)
+    assert rpa_pairwise_loss(flipped, judge, 2.0).item() > 0.8889140758815164
+    assert rpa_listwise_loss(flipped, judge, 2.0).item() > 0.8182322208607278

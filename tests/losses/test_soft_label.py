@@ -18,8 +18,9 @@ def _kl(p: list[float], q: list[float]) -> float:
     return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
 
 
-def reference_soft_label(sim, judge, temperature, mask=None) -> float:
+def reference_soft_label(sim, judge, temperature, mask=None, judge_temperature=None) -> float:
     """mean_i ½ [KL(P_i‖Q_i) + KL(Q_i‖P_i)] over each row's valid candidates."""
+    judge_temperature = judge_temperature or temperature
     sim, judge = sim.tolist(), judge.tolist()
     mask = mask.tolist() if mask is not None else [[True] * len(row) for row in sim]
     total = 0.0
@@ -28,7 +29,7 @@ def reference_soft_label(sim, judge, temperature, mask=None) -> float:
         if not cols:
             continue
         p = _softmax([sim[i][j] / temperature for j in cols])
-        q = _softmax([judge[i][j] / temperature for j in cols])
+        q = _softmax([judge[i][j] / judge_temperature for j in cols])
         total += 0.5 * (_kl(p, q) + _kl(q, p))
     return total / len(sim)
 
@@ -44,10 +45,21 @@ def test_soft_label_kl_matches_explicit_loop_reference():
     assert soft_label_kl_loss(sim, judge, 0.1).item() == pytest.approx(reference_soft_label(sim, judge, 0.1), abs=1e-6)
 
 
-def test_soft_label_kl_default_temperature_is_unime_v2_002():
-    sim, judge = _inputs(seed=1)
-    sim, judge = sim * 0.1, judge * 0.1  # keep exp(·/0.02) well inside float64 for the reference
-    assert soft_label_kl_loss(sim, judge).item() == pytest.approx(reference_soft_label(sim, judge, 0.02), abs=1e-6)
+def test_soft_label_kl_default_temperature_is_unime_v2_002_on_realistic_cosines():
+    """τ = 0.02 with trained-model cosines (0.2..0.9) and coarse judge scores: both softmaxes are nearly one-hot."""
+    g = torch.Generator().manual_seed(1)
+    sim = 0.2 + 0.7 * torch.rand(6, 9, generator=g, dtype=torch.float64)
+    judge = torch.round(torch.rand(6, 9, generator=g, dtype=torch.float64) * 4) / 4
+    got = soft_label_kl_loss(sim, judge).item()
+    assert got == pytest.approx(reference_soft_label(sim, judge, 0.02), rel=1e-9)
+    assert math.isfinite(got) and got > 1.0  # far from 0: one-hot targets against a different argmax
+
+
+def test_soft_label_judge_temperature_is_set_apart_from_the_embedders():
+    sim, judge = _inputs(seed=3)
+    got = soft_label_kl_loss(sim, judge, 0.02, judge_temperature=0.2).item()
+    assert got == pytest.approx(reference_soft_label(sim, judge, 0.02, judge_temperature=0.2), rel=1e-9)
+    assert got != pytest.approx(soft_label_kl_loss(sim, judge, 0.02).item(), rel=1e-3)
 
 
 def test_soft_label_kl_mask_excludes_candidates_even_with_nan_scores():

@@ -159,7 +159,7 @@ def test_zero_survivors_draws_from_unscored_candidates_and_marks_fallback():
     row = mine_hard_negatives(ids, scores, 0.9, "p", k=3, rng=0)
     assert row.fallback and not row.repeated
     assert sorted(row.hard_negative_ids) == ["b", "d", "e"]
-    assert np.isnan(row.hard_negative_scores).all()
+    assert row.hard_negative_scores.tolist() == [1.0, 1.0, 1.0]  # UniME-V2's score for random fallback negatives
     assert (row.num_false_negatives, row.judge_missing) == (2, 3)
 
 
@@ -168,7 +168,7 @@ def test_all_false_negatives_draw_from_all_non_positive_candidates():
     row = mine_hard_negatives(ids, [0.9, 0.95, 0.99, 0.91], 0.9, "p", k=6, rng=1)
     assert row.fallback and row.repeated
     assert set(row.hard_negative_ids) == {"a", "b", "c"}  # small pool: every member used, then repeated
-    assert np.isnan(row.hard_negative_scores).all()
+    assert row.hard_negative_scores.tolist() == [1.0] * 6
     assert row.num_false_negatives == 3
 
 
@@ -178,6 +178,16 @@ def test_missing_positive_score_falls_back_to_random_non_positive_candidates():
     assert row.fallback and not row.repeated
     assert sorted(row.hard_negative_ids) == ["a", "b", "c", "d"]
     assert row.num_false_negatives == 0
+
+
+def test_fallback_score_none_reports_the_drawn_negatives_as_unscored():
+    row = mine_hard_negatives(["a", "b", "c"], [NAN, NAN, NAN], 0.9, "p", k=2, rng=0, fallback_score=None)
+    assert row.fallback and np.isnan(row.hard_negative_scores).all()
+
+
+def test_mine_batch_without_a_fallback_score_writes_unknown_scores_as_none():
+    out = mine_batch(**_batch(), k=3, beta=0.125, step=2, fallback_score=None)
+    assert out["hard_negative_scores"][1] == [None, None, None]
 
 
 def test_fallback_draws_are_reproducible_with_a_seed():
@@ -212,7 +222,7 @@ def test_mine_matches_loop_reference_on_random_rows():
         assert (row.num_false_negatives, row.judge_missing) == (num_fn, missing)
         assert "pos" not in row.hard_negative_ids and len(row.hard_negative_ids) == k
         if picks is None:
-            assert row.fallback and np.isnan(row.hard_negative_scores).all()
+            assert row.fallback and (row.hard_negative_scores == 1.0).all()
             checked["fallback"] += 1
         else:
             assert row.hard_negative_ids == picks
@@ -283,7 +293,7 @@ def test_mine_batch_equals_row_by_row_mining_with_row_seeds():
 def test_mine_batch_writes_unknown_scores_as_none():
     out = mine_batch(**_batch(), k=3, beta=0.125, step=2)
     assert out["hard_negative_scores"][0] == [0.75, 0.5, 0.0625]
-    assert out["hard_negative_scores"][1] == [None, None, None]  # fallback row
+    assert out["hard_negative_scores"][1] == [1.0, 1.0, 1.0]  # fallback row: UniME-V2 scores them 1.0
 
 
 def test_mine_batch_reports_an_unminable_row_and_continues():

@@ -46,12 +46,12 @@ def test_zero2_gradcache_step_updates_weights_like_the_plain_torch_step(single_p
     lift_scalar_parameters(module)
     rows = numpy_rows(world_judged.slice(0, 8))
     ref_opt = torch.optim.SGD([p for p in reference.parameters() if p.requires_grad], lr=0.5)
-    train_step(reference.model, reference.loss_fn, collate_judged(reference.model, rows), ref_opt)
+    train_step(reference.model, reference.loss_fn, collate_judged(reference.model, rows, loss_cfg), ref_opt)
 
     cfg = load_config(None, ["train.zero_stage=2", "train.max_grad_norm=0"])
     optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.5)
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(cfg.train, 8))
-    train_step(engine.module.model, engine.module.loss_fn, collate_judged(engine.module.model, rows), engine,
+    train_step(engine.module.model, engine.module.loss_fn, collate_judged(engine.module.model, rows, loss_cfg), engine,
                gradcache_chunk=3)
     for (name, a), (_, b) in zip(engine.module.named_parameters(), reference.named_parameters()):
         torch.testing.assert_close(a.detach().reshape(b.shape), b.detach(), rtol=1e-4, atol=1e-5, msg=name)

@@ -20,7 +20,8 @@ def _setup():
     torch.manual_seed(0)
     query_tower, candidate_tower = _tower().train(), _tower().train()
     loss_module = MapleLoss(
-        LossConfig(hard_negatives=True, rpa="pairwise", rpa_weight=0.4, kl_weight=0.1, kl_temperature=0.1)
+        LossConfig(hard_negatives=True, rpa="pairwise", rpa_weight=0.4, kl_weight=0.1, kl_temperature=0.1,
+                   rpa_candidates="mined", combine="convex")
     )
     g = torch.Generator().manual_seed(1)
     batch = {

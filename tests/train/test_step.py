@@ -38,8 +38,10 @@ def test_train_step_lowers_the_loss_on_a_repeated_batch_without_ray(world_pairs)
 
 
 def test_judged_step_reports_every_configured_loss_term(world_judged):
-    model, loss_fn = _setup(LossConfig(rpa="listwise", kl_weight=0.5, hard_negatives=True))
-    batch = collate_judged(model, numpy_rows(world_judged.slice(0, 8)))
+    loss = LossConfig(rpa="listwise", kl_weight=0.5, hard_negatives=True)
+    model, loss_fn = _setup(loss)
+    batch = collate_judged(model, numpy_rows(world_judged.slice(0, 8)), loss)
+    assert batch.ranking is not None and batch.hard_negatives is not None
     terms = train_step(model, loss_fn, batch, _sgd(model, loss_fn))
     assert {"loss", "infonce", "rpa", "kl", "logit_scale"} <= set(terms)
     assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
@@ -47,11 +49,13 @@ def test_judged_step_reports_every_configured_loss_term(world_judged):
 
 @pytest.mark.parametrize("kind", ["pairs", "judged"])
 def test_gradcache_step_updates_the_parameters_like_the_full_batch_step(kind, world_pairs, world_judged):
-    loss = LossConfig(rpa="pairwise", kl_weight=0.3, hard_negatives=True) if kind == "judged" else LossConfig()
+    # judged: every slot GradCache chunks (queries, positives, hard negatives, ranking candidates), both directions
+    loss = LossConfig(rpa="pairwise", kl_weight=0.3, hard_negatives=True, rpa_list_size=3) if kind == "judged" \
+        else LossConfig()
     full_model, full_loss = _setup(loss)
     chunked_model, chunked_loss = copy.deepcopy(full_model), copy.deepcopy(full_loss)
     rows = numpy_rows((world_judged if kind == "judged" else world_pairs).slice(0, 10))
-    collate = (lambda m: collate_judged(m, rows)) if kind == "judged" else (lambda m: collate_pairs(m, rows, 0, 0))
+    collate = (lambda m: collate_judged(m, rows, loss)) if kind == "judged" else (lambda m: collate_pairs(m, rows, 0, 0))
     full = train_step(full_model, full_loss, collate(full_model), _sgd(full_model, full_loss))
     chunked = train_step(chunked_model, chunked_loss, collate(chunked_model), _sgd(chunked_model, chunked_loss),
                          gradcache_chunk=3)
