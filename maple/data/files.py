@@ -88,3 +88,21 @@ def clear_partial_output(folder: str | Path, suffix: str = ".parquet") -> None:
         raise FileExistsError(f"{folder} holds {', '.join(sorted(other)[:5]) or 'a link'}, not only {suffix} part "
                               "files of an interrupted write; remove it yourself or choose another output folder")
     shutil.rmtree(folder)
+
+
+def checkpoint_location(value: str | None, key: str, owner: str, error: type[Exception] = ValueError) -> str:
+    """Where `from_pretrained` should load the Hugging Face checkpoint that the setting `key` (e.g. "judge.model")
+    names: a local folder as its resolved path, a hub name (`org/model`) as is (offline: only if already cached).
+    `owner` (e.g. "judge.backend=hf") is what needs it; `error` says what is wrong (no value, a folder without
+    config.json, a path that does not exist) in the caller's exception type."""
+    if not value:
+        raise error(f"{owner} needs {key}: a local checkpoint folder or a Hugging Face model name")
+    path = Path(value).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise error(f"{key}={value}: the folder has no config.json; point it at a saved Hugging Face checkpoint "
+                        "(save_pretrained output)")
+        return str(path.resolve())
+    if value.startswith(("/", ".", "~")) or value.count("/") > 1:
+        raise error(f"{key}={value}: no such folder; fix the path or download the checkpoint")
+    return value

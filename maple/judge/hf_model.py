@@ -3,9 +3,9 @@ and turning pairs into the exact prompts (and token ids) both engines read, so t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from maple.data.files import checkpoint_location
 from maple.data.images import decode_image
 from maple.judge.base import Pairs, num_pairs
 from maple.judge.config import JudgeConfig
@@ -22,18 +22,7 @@ from maple.judge.prompt import (
 
 def resolve_model_path(cfg: JudgeConfig) -> str:
     """A local folder as is; a name (`org/model`) through the Hugging Face cache; missing: JudgeSetupError."""
-    if not cfg.model:
-        raise JudgeSetupError(f"judge.backend={cfg.backend} needs judge.model: a local checkpoint folder or a "
-                              "Hugging Face model name")
-    path = Path(cfg.model).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise JudgeSetupError(f"judge.model={cfg.model}: the folder has no config.json; point it at a saved "
-                                  "Hugging Face checkpoint (save_pretrained output)")
-        return str(path.resolve())
-    if cfg.model.startswith(("/", ".", "~")) or cfg.model.count("/") > 1:
-        raise JudgeSetupError(f"judge.model={cfg.model}: no such folder; fix the path or download the checkpoint")
-    return cfg.model  # a hub name: from_pretrained resolves it (offline: only if already cached)
+    return checkpoint_location(cfg.model, "judge.model", f"judge.backend={cfg.backend}", JudgeSetupError)
 
 
 def load_config_and_tokenizer(cfg: JudgeConfig) -> tuple[str, Any, Any]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 from abc import abstractmethod
-from pathlib import Path
 
+from maple.data.files import checkpoint_location
 from maple.rewrite.base import Proposals, Rewriter, item_rng
 from maple.rewrite.config import KINDS, RewriteConfig
 
@@ -65,19 +65,6 @@ def parse_rewrites(answer: str, caption: str, kinds: list[str] | tuple[str, ...]
     return out
 
 
-def _local_model(cfg: RewriteConfig) -> str:
-    if not cfg.model:
-        raise ValueError(f"rewrite.backend={cfg.backend} needs rewrite.model: a local checkpoint folder of a text "
-                         "LLM (or a name already in the Hugging Face cache)")
-    path = Path(cfg.model).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"rewrite.model={cfg.model}: the folder has no config.json; point it at a saved "
-                             "Hugging Face checkpoint")
-        return str(path.resolve())
-    return cfg.model
-
-
 class LLMRewriter(Rewriter):
     """The prompt through a chat template where the tokenizer has one; each caption's answer parsed on its own."""
 
@@ -85,7 +72,7 @@ class LLMRewriter(Rewriter):
         from transformers import AutoTokenizer
 
         self.cfg = cfg
-        self.path = _local_model(cfg)
+        self.path = checkpoint_location(cfg.model, "rewrite.model", f"rewrite.backend={cfg.backend}")
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
 
     def prompts(self, captions: list[str]) -> list[str]:

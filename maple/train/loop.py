@@ -9,7 +9,10 @@
   The caller opens that run (`maple.tracking.training_run` keeps one run per run_name across re-submissions);
 - save DeepSpeed checkpoints every train.checkpoint_every steps and report them (`ray.train.report`); after a worker
   dies (FailureConfig(max_failures)) or when a run is submitted again under the same name, the workers resume from
-  `ray.train.get_checkpoint()`;
+  `ray.train.get_checkpoint()`. A checkpoint also holds the data position (epoch, batches of it trained) and each
+  rank's torch RNG state; the train split keeps Ray Data's order and the local shuffle is seeded by (run.seed, epoch),
+  so a resumed run skips exactly the batches it trained on and ends as the uninterrupted run would (bit-equal on CPU,
+  tests/train/test_loop.py);
 - at the end gather the weights (ZeRO-3), let the task export them into the final checkpoint, which the driver copies
   to train.output (registering it is the caller's: `maple.tracking.register_model`).
 
@@ -25,10 +28,12 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -152,6 +157,24 @@ def full_state_dict(engine, zero_stage: int, rank: int) -> dict[str, torch.Tenso
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if rank == 0 else None
 
 
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's torch RNG state (dropout masks); DeepSpeed's checkpoint does not hold it."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def rng_file(directory: str | Path, rank: int) -> Path:
+    return Path(directory) / f"rng_rank{rank}.pt"  # one per rank: every rank draws its own dropout masks
+
+
 def memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2 ** 20
@@ -241,13 +264,19 @@ def _worker_loop(config: dict[str, Any]) -> None:
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(tc, micro_batch))
 
-    state = {"step": 0, "epoch": 0}
+    # The data position: the step, the epoch and how many of its batches this run has trained on.
+    state = {"step": 0, "epoch": 0, "batch": 0}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
             _, client_state = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
-            state = {"step": client_state["step"], "epoch": client_state["epoch"]}
-        log.info("rank %d resumed from step %d", rank, state["step"])
+            if any(key not in client_state for key in state) or not rng_file(directory, rank).is_file():
+                raise RuntimeError(f"checkpoint {checkpoint.path} holds no data position or RNG state (written by an "
+                                   "older maple): resuming from it would replay data; start the run afresh")
+            state = {key: client_state[key] for key in state}
+            set_rng_state(torch.load(rng_file(directory, rank)))
+        log.info("rank %d resumed from step %d (epoch %d, batch %d)", rank, state["step"], state["epoch"],
+                 state["batch"])
 
     if rank == 0:
         mlflow_module.set_tracking_uri(target.tracking_uri)
@@ -272,6 +301,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     def save_and_report(metrics: dict[str, float], final: bool) -> None:
         with checkpoint_directory(tc, run, config["run_name"]) as directory:
             engine.save_checkpoint(directory, tag=DEEPSPEED_TAG, client_state=dict(state))
+            torch.save(rng_state(), rng_file(directory, rank))
             weights = full_state_dict(engine, tc.zero_stage, rank) if final else None
             if weights is not None:
                 fresh, _ = task.build(seed)
@@ -288,12 +318,17 @@ def _worker_loop(config: dict[str, Any]) -> None:
         metrics.update(evaluate(0))
     shard = ray.train.get_dataset_shard("train")
     while state["step"] < tc.steps:
-        batches = 0
+        # The epoch's batches come in one order, a function of (seed, epoch): the split keeps Ray Data's order
+        # (run_training) and the shuffle is seeded. A resumed run skips the ones it trained on before its checkpoint.
+        shuffle_seed = seed + state["epoch"] if tc.shuffle_buffer else None
+        epoch_batches = iter(shard.iter_batches(batch_size=micro_batch, batch_format="numpy", drop_last=True,
+                                                local_shuffle_buffer_size=tc.shuffle_buffer or None,
+                                                local_shuffle_seed=shuffle_seed))
+        for _ in islice(epoch_batches, state["batch"]):
+            pass
         tick = time.perf_counter()
-        for rows in shard.iter_batches(batch_size=micro_batch, batch_format="numpy", drop_last=True,
-                                       local_shuffle_buffer_size=tc.shuffle_buffer or None,
-                                       local_shuffle_seed=seed + state["epoch"] if tc.shuffle_buffer else None):
-            batches += 1
+        for rows in epoch_batches:
+            state["batch"] += 1
             batch = task.collate(engine.module.model, rows, state["epoch"])
             step_tick = time.perf_counter()
             terms = task.step(engine.module.model, engine.module.loss_fn, batch, engine)
@@ -315,11 +350,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
             if step % tc.checkpoint_every == 0:
                 save_and_report(metrics, final=False)
             tick = time.perf_counter()
-        if batches == 0:
+        if state["batch"] == 0:
             raise ValueError(f"the train input yields no batch of {micro_batch} rows per worker (train.batch_size="
                              f"{tc.batch_size} over {world} workers); use a smaller batch or more rows")
         if state["step"] < tc.steps:
-            state["epoch"] += 1
+            state["epoch"], state["batch"] = state["epoch"] + 1, 0
     save_and_report(metrics, final=True)
     if rank == 0:
         mlflow_module.end_run()
@@ -336,6 +371,17 @@ def storage_path(tc: TrainConfig, run: RunConfig) -> str:
 def output_dir(tc: TrainConfig, run: RunConfig, run_name: str) -> Path:
     """Where the exported model goes: train.output, else <run.output_dir>/models/<run_name>."""
     return Path(tc.output or Path(run.output_dir) / "models" / run_name)
+
+
+def ordered_ingest_options():
+    """Ray Train's ingest options with Ray Data's order kept: the rows each worker's shard streams are then the same
+    in every epoch, run and restart (without it, which block reaches which worker first follows task timing), which
+    a resumed run needs to skip the batches it trained on. Ray Data documents this for reproducible training."""
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def run_training(train: TrainConfig, run: RunConfig, task: TrainTask, datasets: dict[str, Any], run_name: str,
@@ -361,7 +407,8 @@ def run_training(train: TrainConfig, run: RunConfig, task: TrainTask, datasets: 
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.num_to_keep)),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+                                            execution_options={"train": ordered_ingest_options()}),
     )
     try:
         result = trainer.fit()

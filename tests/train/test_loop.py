@@ -1,6 +1,7 @@
 """End to end under Ray Train + DeepSpeed on CPU: 2 workers, ZeRO-3, the tiny CLIP twin on the synthetic world, one
-worker killed mid-run; and Ray Train's local mode (num_workers=0) inside a parent MLflow run, as the demo uses it.
-(ZeRO-2 runs end to end in tests/jobs/test_train.py, through `ray job submit`.)"""
+worker killed mid-run and compared with the same run left alone; and Ray Train's local mode (num_workers=0) inside a
+parent MLflow run, as the demo uses it. (ZeRO-2 runs end to end in tests/jobs/test_train.py, through `ray job
+submit`.)"""
 
 from __future__ import annotations
 
@@ -21,14 +22,31 @@ from maple.tracking import training_run
 from maple.train.loop import run_training, storage_path
 
 STEPS, CRASH_AT, CHECKPOINT_EVERY = 6, 4, 2
+# The metrics that measure the machine (wall-clock time, peak memory) rather than the training.
+MACHINE_METRICS = {"samples_per_s", "step_time_s", "memory_mb"}
 
 
-class CrashOnceTask(EmbedderTask):
-    """The embedder task, whose rank-1 worker process dies (os._exit: no cleanup, like a lost node) right after
-    step CRASH_AT, once: the flag file marks that it happened."""
+class DropoutTask(EmbedderTask):
+    """The embedder task with attention dropout on (the tiny twin has none), so training draws from torch's RNG and a
+    resumed run matches an uninterrupted one only if the workers' RNG state is restored too."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg.model, cfg.train, cfg.eval, seed=cfg.run.seed)
+
+    def build(self, seed: int):
+        model, loss_fn = super().build(seed)
+        for module in model.modules():
+            if type(module).__name__ == "CLIPAttention":
+                module.dropout = 0.1
+        return model, loss_fn
+
+
+class CrashOnceTask(DropoutTask):
+    """Rank 1's worker process dies (os._exit: no cleanup, like a lost node) right after step CRASH_AT, once: the
+    flag file marks that it happened. The last checkpoint before it is step CHECKPOINT_EVERY."""
 
     def __init__(self, cfg, flag: Path):
-        super().__init__(cfg.model, cfg.train, cfg.eval, seed=cfg.run.seed)
+        super().__init__(cfg)
         self.flag = flag
 
     def after_step(self, step: int, rank: int) -> None:
@@ -42,7 +60,9 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.fixture(scope="module")
-def crashed_run(ray_local, small_world, mlflow_uri, tmp_path_factory):
+def zero3(ray_local, small_world, tmp_path_factory):
+    """The config and datasets of both ZeRO-3 runs. The train input is one 64-row shard of the world: 4 batches of 8
+    per worker and epoch, so the restarted run skips into epoch 0 and then crosses into epoch 1."""
     import ray.data
 
     world_dir, _ = small_world
@@ -52,11 +72,24 @@ def crashed_run(ray_local, small_world, mlflow_uri, tmp_path_factory):
         "train.zero_stage=3", "train.num_workers=2", f"train.checkpoint_every={CHECKPOINT_EVERY}",
         f"train.eval_every={STEPS}", "train.lr=2e-3", "train.warmup_steps=0", "train.max_failures=2",
         "train.register_name=zero3-embedder"])
-    datasets = {"train": ray.data.read_parquet(str(world_dir / "train")),
+    datasets = {"train": ray.data.read_parquet(str(min((world_dir / "train").glob("*.parquet")))),
                 "val": ray.data.read_parquet(str(world_dir / "val"))}
+    return cfg, datasets, out
+
+
+@pytest.fixture(scope="module")
+def crashed_run(zero3, mlflow_uri):
+    cfg, datasets, out = zero3
     flag = out / "crashed.flag"
     result = train(cfg, CrashOnceTask(cfg, flag), datasets, run_name="zero3-crash")
     return result, flag, mlflow.tracking.MlflowClient(mlflow_uri)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(zero3):
+    """The crashed run's twin: same config, seed and data, no crash (and not registered)."""
+    cfg, datasets, _ = zero3
+    return train(cfg, DropoutTask(cfg), datasets, run_name="zero3-uninterrupted", register_name="")
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -86,6 +119,29 @@ def test_killed_worker_resumes_from_its_checkpoint_in_the_same_mlflow_run(crashe
     # steps up to the checkpoint ran once; the steps after it ran again after the restart
     assert steps.count(CHECKPOINT_EVERY) == 1 and steps.count(CHECKPOINT_EVERY + 1) == 2
     assert max(steps) == STEPS
+
+
+def test_a_killed_run_repeats_its_lost_steps_on_the_same_rows(crashed_run, uninterrupted_run):
+    """The steps after the checkpoint ran twice in the killed run (before the kill, and again after the restart from
+    the checkpoint); both times their losses equal the uninterrupted run's, bit for bit: the restarted workers skipped
+    the rows they had trained on and drew the same dropout masks."""
+    result, _, client = crashed_run
+    expected = dict(_history(client, uninterrupted_run.mlflow_run_id, "loss"))
+    logged = _history(client, result.mlflow_run_id, "loss")
+    assert [s for s, _ in logged].count(CHECKPOINT_EVERY + 1) == 2
+    assert [v for _, v in logged] == [expected[s] for s, _ in logged]
+
+
+def test_a_killed_run_ends_with_the_weights_and_metrics_of_an_uninterrupted_run(crashed_run, uninterrupted_run):
+    """Bit-equal on CPU: the same rows in the same order on each rank (the data position is in the checkpoint, the
+    split keeps Ray Data's order), the same RNG state, and CPU kernels and gloo reductions that are deterministic."""
+    result, _, _ = crashed_run
+    resumed = load_embedder(result.model_dir).state_dict()
+    alone = load_embedder(uninterrupted_run.model_dir).state_dict()
+    assert resumed.keys() == alone.keys()
+    assert all(torch.equal(resumed[k], alone[k]) for k in alone)
+    assert {k: v for k, v in result.metrics.items() if k not in MACHINE_METRICS} == \
+        {k: v for k, v in uninterrupted_run.metrics.items() if k not in MACHINE_METRICS}
 
 
 def test_the_export_loads_and_is_registered(crashed_run, small_world):
