@@ -1,12 +1,15 @@
 """The `maple` console script: one subcommand per job, each running `jobs.<module>.main` with the same arguments
 as `python -m jobs.<module>` (so `ray job submit -- python -m jobs.<module> ...` runs the same code). The CLI
-dispatches to the jobs by module name; no job imports it."""
+dispatches to the jobs by module name; no job imports it. A `SetupError` (a setting that cannot work, found before
+any work) ends the command with its one sentence and exit code 2, like a config error, not a traceback."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from maple.section import SetupError
 
 # subcommand -> (jobs module, one-line help)
 COMMANDS = {
@@ -31,7 +34,11 @@ def main(argv: list[str] | None = None) -> None:
         if argv[:len(words)] == words:
             job = importlib.import_module(module)
             sys.argv = [f"maple {name}", *argv[len(words):]]  # so --help names the subcommand
-            job.main(argv[len(words):])
+            try:
+                job.main(argv[len(words):])
+            except SetupError as exc:  # a check before any work: its one sentence names the key and the fix
+                print(f"maple {name}: {exc}", file=sys.stderr)
+                sys.exit(2)
             return
     parser = argparse.ArgumentParser(prog="maple", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -6,6 +6,7 @@ never sees the whole `Config`. Jobs import this module, never each other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,12 @@ import ray.data
 from maple.config import Config
 from maple.models.families import build_embedder
 from maple.recipes.reranker import RerankerTask, split_rows, training_section
+from maple.runtime import cluster_gpus
+from maple.section import SetupError
 from maple.stages.evaluate import evaluate_many
 from maple.stages.mining import mine_pairs
 from maple.tracking import log_metrics, mlflow_run, model_dir, register_model, tracking_uri, training_run
+from maple.train.config import TrainConfig
 from maple.train.loop import TrainResult, run_training, storage_path
 from maple.train.task import TrainTask
 
@@ -37,11 +41,22 @@ def resolve_model(cfg: Config, spec: str | None) -> str:
     return str(path)
 
 
+def check_training_gpus(train: TrainConfig, gpus: float) -> None:
+    """train.use_gpu on a cluster without the GPUs for it: Ray Train would wait for them forever."""
+    needed = max(train.num_workers, 1)
+    if train.use_gpu and gpus < needed:
+        raise SetupError(f"train.use_gpu=true asks for {needed} GPU{'s' * (needed > 1)} (one per training worker) but "
+                         f"the Ray cluster has {gpus:g}; set train.use_gpu=false to train on CPU, or join a cluster "
+                         "with GPUs (--address)")
+
+
 def train(cfg: Config, task: TrainTask, datasets: dict[str, Any], run_name: str,
-          register_name: str | None = None) -> TrainResult:
+          register_name: str | None = None, on_step: Callable[[], None] | None = None) -> TrainResult:
     """`run_training` inside the run's one MLflow run (kept across resumes), then the export registered as
     `register_name` (default train.register_name, else <run.name>-<embedder|reranker>); `register_name=""` skips
-    registration."""
+    registration. `on_step`: the job's progress display, ticked after each step (`TrainTask.on_step`)."""
+    check_training_gpus(cfg.train, cluster_gpus())
+    task.on_step = on_step
     target = training_run(cfg.run, task.name, run_name, storage_path(cfg.train, cfg.run), cfg)
     result = run_training(cfg.train, cfg.run, task, datasets, run_name, target)
     name = register_name if register_name is not None else cfg.train.register_name or f"{cfg.run.name}-{task.kind}"
@@ -86,9 +101,10 @@ def reranker_datasets(path: Path, val_fraction: float) -> dict:
             for name, val in (("train", False), ("val", True))}
 
 
-def train_reranker(cfg: Config, judged: Path, run_name: str) -> TrainResult:
+def train_reranker(cfg: Config, judged: Path, run_name: str, on_step: Callable[[], None] | None = None
+                   ) -> TrainResult:
     """Train the configured reranker on the judged rows (train.* for the loop's machinery, reranker.* for the
-    model, lr, steps and batch size), registered as <run.name>-reranker."""
+    model, lr, steps and batch size), registered as <run.name>-reranker; `on_step` as for `train`."""
     reranker = cfg.reranker
     if reranker.name_or_path:  # a models:/ URI becomes the registry download
         reranker = reranker.model_copy(update={"name_or_path": model_dir(reranker.name_or_path,
@@ -97,5 +113,5 @@ def train_reranker(cfg: Config, judged: Path, run_name: str) -> TrainResult:
     run_cfg = cfg.model_copy(update={"train": training_section(reranker, cfg.train, output), "reranker": reranker})
     task = RerankerTask(reranker, run_cfg.train.max_grad_norm, seed=cfg.run.seed)
     result = train(run_cfg, task, reranker_datasets(judged, reranker.val_fraction), run_name,
-                   register_name=f"{cfg.run.name}-reranker")
+                   register_name=f"{cfg.run.name}-reranker", on_step=on_step)
     return result

@@ -10,6 +10,12 @@ plots) → optionally serve the best model.
     maple demo --judge-noise 0.1,0.3            # + how the gain falls as the judge's answers are flipped
     maple demo --serve                          # end by serving the best variant on 127.0.0.1
     maple demo --config configs/demo_tiny.yaml  # about a minute (the CI test)
+    maple demo --verbose                        # the libraries' logs on the console too
+
+The console shows the stages (a progress bar each on a terminal, one line each otherwise), one line per finished
+run, the warnings that need the user, and at the end the ablation table with where the report, the plots and the
+MLflow UI are; what Ray, Ray Data, DeepSpeed, MLflow and transformers print or log goes to
+<run.output_dir>/logs/demo.log (`maple.console`), and Ray's worker processes' logs are linked as logs/ray.
 
 Every number in the report comes from the evaluation job's metrics; this module only aggregates and plots them.
 """
@@ -18,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
 import shutil
 import sys
@@ -27,14 +35,19 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from jobs.common import evaluate, mine, train, train_reranker
+from jobs.common import check_training_gpus, evaluate, mine, train, train_reranker
 from maple.config import Config
+from maple.console import Console, Stage
 from maple.data.synth import NEGATIVE_TYPES, synthesize
-from maple.eval.ablation import aggregate, fine_grained_accuracy, markdown_table
+from maple.eval.ablation import aggregate, fine_grained_accuracy, markdown_table, text_table
 from maple.eval.plots import plot_curves, plot_noise_sweep, plot_similarity_histograms, plot_type_accuracy
+from maple.judge.backends import check_judge, check_judge_gpus
 from maple.recipes.embedder import EmbedderTask
-from maple.runtime import init_ray, parse_config
+from maple.runtime import cluster_gpus, init_ray, parse_config
+from maple.serving.http import check_port_free
 from maple.tracking import log_metrics, mlflow_run, ui_command
+
+log = logging.getLogger(__name__)
 
 # Each variant's loss terms, every one stated, so the recipe's own loss settings cannot leak into the comparison:
 # (InfoNCE's extra negatives: none | the judge's mined ones | the rewriter's, unjudged (NegCLIP); MAPLE's RPA over the
@@ -68,6 +81,7 @@ def parse_demo_args(argv: list[str]) -> Config:
     parser.add_argument("--judge-model")
     parser.add_argument("--judge-noise", help="comma-separated flip rates of the reference judge, e.g. 0.1,0.3")
     parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--verbose", action="store_true")
     known, rest = parser.parse_known_args(argv)
     extra = []
     if known.judge:
@@ -78,35 +92,50 @@ def parse_demo_args(argv: list[str]) -> Config:
         extra.append(f"demo.judge_noise_sweep=[{known.judge_noise}]")
     if known.serve:
         extra.append("demo.serve=true")
+    if known.verbose:
+        extra.append("demo.verbose=true")
     if "--config" not in rest and Path(DEFAULT_RECIPE).exists():
         rest = ["--config", DEFAULT_RECIPE, *rest]
     return parse_config(rest + extra, __doc__)
 
 
-def train_embedder(cfg: Config, name: str, train_path: Path, steps: int, seed: int, init: str | None) -> dict:
-    """One training run through the training job's machinery; skipped when its export already exists."""
+def train_embedder(cfg: Config, name: str, train_path: Path, steps: int, seed: int, init: str | None,
+                   stage: Stage) -> dict:
+    """One training run through the training job's machinery, ticking `stage` each step and adding a line when it
+    ends; skipped when its export already exists."""
     import ray.data
 
     out = Path(cfg.run.output_dir) / "models" / name
     if (out / "maple_embedder.json").exists() and (out / "train_result.json").exists():
+        stage.advance(steps)
+        stage.finished(f"{name}: trained by an earlier run ({out})")
         return json.loads((out / "train_result.json").read_text())
     run_cfg = cfg.with_overrides(f"run.seed={seed}", f"train.steps={steps}", f"train.output={out}",
                                  f"model.name_or_path={init if init else 'null'}")
     world = Path(cfg.run.output_dir) / "world"
     datasets = {"train": ray.data.read_parquet(str(train_path)), "val": ray.data.read_parquet(str(world / "val"))}
     task = EmbedderTask(run_cfg.model, run_cfg.train, run_cfg.eval, seed=seed)
-    result = train(run_cfg, task, datasets, run_name=f"{cfg.run.name}-{name}")
+    started, ticks = time.perf_counter(), stage.count
+    result = train(run_cfg, task, datasets, run_name=f"{cfg.run.name}-{name}", on_step=stage.advance)
+    stage.advance(steps - (stage.count - ticks))  # training workers (train.num_workers > 0) tick nothing here
+    stage.finished(f"{name}: {steps} steps in {time.perf_counter() - started:.0f} s")
     summary = {"model_dir": str(result.model_dir), "mlflow_run_id": result.mlflow_run_id}
     (out / "train_result.json").write_text(json.dumps(summary))
     return summary
 
 
-def mine_with(cfg: Config, baseline: str, out: Path, flip_rate: float | None = None) -> Path:
+def mine_with(cfg: Config, baseline: str, out: Path, stage: Stage, flip_rate: float | None = None,
+              count_queries: bool = True) -> Path:
+    """The mining job's pipeline with `baseline` into `out`; `stage` counts the queries mined (`count_queries`) and
+    gets a line when it ends."""
     overrides = [f"mine.model={baseline}", f"mine.input={Path(cfg.run.output_dir) / 'world' / 'train'}",
                  f"mine.output={out}"]
     if flip_rate is not None:
         overrides.append(f"judge.noise_flip_rate={flip_rate}")
-    mine(cfg.with_overrides(*overrides))
+    started = time.perf_counter()
+    summary = mine(cfg.with_overrides(*overrides), on_rows=stage.advance if count_queries else None)
+    stage.finished(f"{out.name}: {summary['queries_this_run']} queries, {summary['judge_pairs_this_run']} pairs "
+                   f"judged in {time.perf_counter() - started:.0f} s")
     return out / "judged"
 
 
@@ -144,76 +173,143 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [v for v in demo.variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"demo.variants: unknown {unknown}; known: {sorted(VARIANTS)}")
+    with Console(out / "logs", "demo", verbose=demo.verbose) as console:
+        console.line(f"maple demo into {out}; " + ("the libraries' logs are shown here (--verbose)" if demo.verbose
+                                                   else f"the libraries' logs go to {console.log_path}"))
+        # Fail fast, before Ray starts: the port the demo ends by serving on; the judge's model, its Yes/No tokens...
+        if demo.serve:
+            check_port_free(cfg.serve.host, cfg.serve.port)
+        check_judge(cfg.judge, needs_images=True, available_gpus=math.inf)
+        ray_logs = init_ray(cfg.run, quiet=not demo.verbose)
+        if ray_logs and not demo.verbose:
+            link_ray_logs(console.log_path.parent, ray_logs)
+        # ...and, before any work, the GPUs that the judge and the training ask for.
+        gpus = cluster_gpus()
+        check_judge_gpus(cfg.judge, gpus)
+        check_training_gpus(cfg.train, gpus)
+        metrics, specs, reranker, summary, report = run_pipeline(cfg, console)
+        console.line(f"\ndone in {console.elapsed():.0f} s. Held-out attribute combinations, ×100, mean ± std over "
+                     f"{demo.seeds} seed{'s' * (demo.seeds > 1)}:\n")
+        console.line(text_table({k: v for k, v in summary.items() if "flip" not in k}))
+        goal = goal_statement(summary).strip()
+        console.line(f"\n{goal}\n" if goal else "")
+        console.line(f"report:    {report}")
+        console.line(f"plots:     {report.parent}/*.png")
+        console.line(f"MLflow UI: {ui_command(cfg.run)}")
+        if ray_logs:  # the local Ray this job started: stopped while what it prints still goes to the log
+            import ray
+
+            ray.shutdown()
+    if demo.serve:
+        print("serving the full variant on 127.0.0.1 (Ctrl-C stops)", flush=True)
+        serve_model(cfg, specs.get("full-s0", specs["baseline"]), reranker)
+    return metrics
+
+
+def link_ray_logs(log_dir: Path, ray_logs: str) -> None:
+    """<run.output_dir>/logs/ray -> the local Ray session's own logs (workers' output, raylet, core workers), which
+    Ray keeps in its temp folder (/tmp/ray/session_*/logs)."""
+    link = log_dir / "ray"
+    if link.is_symlink():
+        link.unlink()
+    if not link.exists() and Path(ray_logs).is_dir():
+        link.symlink_to(ray_logs, target_is_directory=True)
+    log.info("Ray's own logs (workers, raylet, core workers): %s", ray_logs)
+
+
+def run_pipeline(cfg: Config, console: Console) -> tuple[dict, dict, str | None, dict, Path]:
+    """The stages, each on the console; returns (metrics by model, model specs, the reranker, the ablation summary,
+    the report)."""
+    demo, out = cfg.demo, Path(cfg.run.output_dir)
     seeds = list(range(demo.seeds))
-    n_stages = 6 + bool(demo.judge_noise_sweep) + demo.serve
-    started = time.perf_counter()
+    with_reranker = demo.reranker and "full" in demo.variants
+    n_stages = 5 + with_reranker + bool(demo.judge_noise_sweep)
+    numbers = iter(range(1, n_stages + 1))
 
-    def stage(k: int, text: str) -> None:
-        print(f"[{k}/{n_stages}] {text}  ({time.perf_counter() - started:.0f} s)", flush=True)
+    def title(text: str) -> str:
+        return f"[{next(numbers)}/{n_stages}] {text}"
 
-    stage(1, f"synthesising the world into {out / 'world'}")
-    synthesize(cfg.world, out / "world")
-    init_ray(cfg.run)
+    with console.stage(title(f"synthesising the world into {out / 'world'}")):
+        synthesize(cfg.world, out / "world")
     with mlflow_run(cfg.run, "demo", cfg, run_name=f"{cfg.run.name}-demo"):
-        stage(2, f"training the InfoNCE baseline ({demo.baseline_steps} steps) on plain pairs")
-        baseline = train_embedder(variant_loss(cfg, "infonce"), "baseline",
-                                  out / "world" / "train", demo.baseline_steps, seed=0, init=None)["model_dir"]
+        with console.stage(title(f"training the InfoNCE baseline on plain pairs ({demo.baseline_steps} steps)"),
+                           total=demo.baseline_steps) as stage:
+            baseline = train_embedder(variant_loss(cfg, "infonce"), "baseline", out / "world" / "train",
+                                      demo.baseline_steps, seed=0, init=None, stage=stage)["model_dir"]
 
-        stage(3, f"mining with the {cfg.judge.backend} judge over the baseline's top-{cfg.mine.top_k}")
-        judged = mine_with(cfg, baseline, out / "mined")
+        with console.stage(title(f"mining with the {cfg.judge.backend} judge over the baseline's "
+                                 f"top-{cfg.mine.top_k}"), unit="query") as stage:
+            judged = mine_with(cfg, baseline, out / "mined", stage)
 
         runs: dict[str, dict] = {}
-        for variant in demo.variants:
-            for seed in seeds:
-                stage(4, f"training variant {variant!r}, seed {seed} ({demo.variant_steps} steps)")
-                runs[f"{variant}-s{seed}"] = train_embedder(variant_loss(cfg, variant),
-                                                            f"{variant}-s{seed}", judged, demo.variant_steps, seed,
-                                                            init=baseline)
+        with console.stage(title(f"training {len(demo.variants)} variants × {len(seeds)} seed"
+                                 f"{'s' * (len(seeds) > 1)} from the baseline ({demo.variant_steps} steps each)"),
+                           total=len(demo.variants) * len(seeds) * demo.variant_steps) as stage:
+            for variant in demo.variants:
+                for seed in seeds:
+                    runs[f"{variant}-s{seed}"] = train_embedder(variant_loss(cfg, variant), f"{variant}-s{seed}",
+                                                                judged, demo.variant_steps, seed, init=baseline,
+                                                                stage=stage)
 
         reranker = None
-        if demo.reranker and "full" in demo.variants:
-            stage(5, "training the reranker on the judged data")
-            reranker = demo_reranker(cfg, judged, baseline)
+        if with_reranker:
+            with console.stage(title(f"training the reranker on the judged data ({cfg.reranker.steps} steps)"),
+                               total=cfg.reranker.steps) as stage:
+                reranker = demo_reranker(cfg, judged, baseline, stage)
 
         sweep: dict[float, dict[str, dict]] = {}
-        for rate in demo.judge_noise_sweep:
-            stage(6, f"judge-noise sweep: flip rate {rate}")
-            noisy = mine_with(cfg, baseline, out / f"mined-flip{rate}", flip_rate=rate)
-            sweep[rate] = {f"full-flip{rate}-s{seed}": train_embedder(
-                variant_loss(cfg, "full"), f"full-flip{rate}-s{seed}", noisy,
-                demo.variant_steps, seed, init=baseline) for seed in seeds}
+        if demo.judge_noise_sweep:
+            with console.stage(title(f"judge-noise sweep over flip rates {demo.judge_noise_sweep}: mine, then the "
+                                     "full variant"),
+                               total=len(demo.judge_noise_sweep) * len(seeds) * demo.variant_steps) as stage:
+                for rate in demo.judge_noise_sweep:
+                    noisy = mine_with(cfg, baseline, out / f"mined-flip{rate}", stage, flip_rate=rate,
+                                      count_queries=False)  # this stage counts training steps
+                    sweep[rate] = {f"full-flip{rate}-s{seed}": train_embedder(
+                        variant_loss(cfg, "full"), f"full-flip{rate}-s{seed}", noisy, demo.variant_steps, seed,
+                        init=baseline, stage=stage) for seed in seeds}
 
-        stage(n_stages - demo.serve, "evaluating every model in one pass of the evaluation job")
         specs = {"baseline": baseline, **{name: info["model_dir"] for name, info in runs.items()}}
         for models in sweep.values():
             specs.update({name: info["model_dir"] for name, info in models.items()})
-        metrics = evaluate(cfg, specs, out / "eval")
-        if reranker is not None:
-            metrics.update(rerank_metrics(cfg, {n: specs[n] for n in specs if n.startswith("full-s")}, reranker, out))
+        reranked = {n: specs[n] for n in specs if n.startswith("full-s")} if reranker is not None else {}
+        with console.stage(title("evaluating every model in one pass of the evaluation job"),
+                           total=len(specs) + len(reranked), unit="model") as stage:
+            started = time.perf_counter()
+            metrics = evaluate(cfg, specs, out / "eval")
+            stage.advance(len(specs))
+            if reranked:
+                metrics.update(rerank_metrics(cfg, reranked, reranker, out))
+                stage.advance(len(reranked))
+            stage.finished(f"{len(specs)} models{f' (+ {len(reranked)} with the reranker)' if reranked else ''} "
+                           f"in {time.perf_counter() - started:.0f} s")
         for name, m in metrics.items():
             m["fine_grained"] = fine_grained_accuracy(m)
             log_metrics(m, prefix=f"{name}.")
         report = write_report(cfg, metrics, runs, sweep, out)
         mlflow.log_artifacts(str(out / "report"), "report")
-    print(f"report: {report}\nMLflow UI: {ui_command(cfg.run)}\ntotal: {time.perf_counter() - started:.0f} s",
-          flush=True)
-    if demo.serve:
-        stage(n_stages, "serving the full variant on 127.0.0.1 (Ctrl-C stops)")
-        serve_model(cfg, specs.get("full-s0", baseline), reranker)
-    return metrics
+    return metrics, specs, reranker, summarise(metrics), report
 
 
-def demo_reranker(cfg: Config, judged: Path, embedder: str) -> str:
+def demo_reranker(cfg: Config, judged: Path, embedder: str, stage: Stage) -> str:
     """The reranker job's training (same machinery as the embedder's) on the judged data; skipped when done. Unless
     the recipe names a reranker, it is a cross-encoder over `embedder`'s towers: its zero-initialised head starts
     from that embedder's own ranking (over the tiny random twin's towers it would start from noise)."""
     out = Path(cfg.run.output_dir) / "models" / "reranker"
+    steps = cfg.reranker.steps
     if (out / "maple_reranker.json").exists():
+        stage.advance(steps)
+        stage.finished(f"reranker: trained by an earlier run ({out})")
         return str(out)
     overrides = [f"reranker.input={judged}", f"reranker.output={out}"]
     if cfg.reranker.name_or_path is None:
         overrides.append(f"reranker.name_or_path={embedder}")
-    return str(train_reranker(cfg.with_overrides(*overrides), judged, run_name=f"{cfg.run.name}-reranker").model_dir)
+    started, ticks = time.perf_counter(), stage.count
+    result = train_reranker(cfg.with_overrides(*overrides), judged, run_name=f"{cfg.run.name}-reranker",
+                            on_step=stage.advance)
+    stage.advance(steps - (stage.count - ticks))
+    stage.finished(f"reranker: {steps} steps in {time.perf_counter() - started:.0f} s")
+    return str(result.model_dir)
 
 
 def rerank_metrics(cfg: Config, embedders: dict[str, str], reranker: str, out: Path) -> dict[str, dict[str, float]]:
@@ -241,13 +337,18 @@ def serve_model(cfg: Config, embedder: str, reranker: str | None) -> None:
     os.execv(sys.executable, argv)
 
 
-def write_report(cfg: Config, metrics: dict[str, dict], runs: dict, sweep: dict, out: Path) -> Path:
-    folder = out / "report"
-    folder.mkdir(parents=True, exist_ok=True)
+def summarise(metrics: dict[str, dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per-model metrics (`full-s0`, `full-s1`, ...) -> variant -> metric -> (mean, std, seeds)."""
     by_variant: dict[str, list[dict]] = {}
     for name, m in metrics.items():
         by_variant.setdefault(name.rsplit("-s", 1)[0] if "-s" in name else name, []).append(m)
-    summary = aggregate(by_variant)
+    return aggregate(by_variant)
+
+
+def write_report(cfg: Config, metrics: dict[str, dict], runs: dict, sweep: dict, out: Path) -> Path:
+    folder = out / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = summarise(metrics)
     types = list(NEGATIVE_TYPES)
     plot_type_accuracy({k: v for k, v in summary.items() if "flip" not in k}, types, folder / "type_accuracy.png")
     sims = {}

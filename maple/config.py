@@ -40,6 +40,7 @@ class DemoConfig(Section):
     kl_weight: float = 0.1
     judge_noise_sweep: list[float] = []  # flip rates of the reference judge for the noise study; empty: none
     serve: bool = False  # end by serving the best variant on 127.0.0.1
+    verbose: bool = False  # the libraries' logs on the console too (default: <run.output_dir>/logs/demo.log)
 
 
 class Config(Section):

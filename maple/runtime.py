@@ -27,18 +27,34 @@ def parse_config(argv: list[str] | None, description: str) -> Config:
     return cfg
 
 
-def init_ray(run: RunConfig, **kwargs) -> None:
-    """Join `run.ray_address` / RAY_ADDRESS when given (a cluster, or `ray job submit`); else start a local Ray."""
+def init_ray(run: RunConfig, quiet: bool = False, **kwargs) -> str | None:
+    """Join `run.ray_address` / RAY_ADDRESS when given (a cluster, or `ray job submit`); else start a local Ray.
+    `quiet` (a job whose console is a `maple.console.Console`): the workers' output stays in Ray's session logs
+    instead of being forwarded to the driver, and Ray Data draws no progress of its own. Returns the folder of the
+    session's logs when this call started Ray, else None."""
     import ray
 
     # Ray 2.60's Parquet reader starts 32 footer-reading actors per read by default: tens of seconds on a small
     # machine for a handful of files. A few suffice for maple's shard counts; set the variable to change it.
     os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
-    if ray.is_initialized():
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
-        return
-    address = run.ray_address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False, log_to_driver=True, ignore_reinit_error=True, **kwargs)
+    logs = None
+    if not ray.is_initialized():
+        address = run.ray_address or os.environ.get("RAY_ADDRESS")
+        context = ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
+                           ignore_reinit_error=True, **kwargs)
+        session = context.address_info.get("session_dir")
+        logs = os.path.join(session, "logs") if session else None
+    data = ray.data.DataContext.get_current()
     # The same rows in the same order on every run of a job (training batches follow the read order): reproducible
     # numbers for the same config and seed, at the price of a little streaming slack.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    data.execution_options.preserve_order = True
+    if quiet:
+        data.enable_progress_bars = False
+    return logs
+
+
+def cluster_gpus() -> float:
+    """The GPUs of the Ray cluster this process has joined."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))

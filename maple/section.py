@@ -1,10 +1,16 @@
-"""The base of every config section, and the `run` section that every job and the training loop read.
+"""The base of every config section, the `run` section that every job and the training loop read, and the error a
+check raises for a setting that cannot work.
 
 Each package defines its own sections beside its code (`maple/<package>/config.py`); a component takes only its own
 section. `maple.config.Config` composes them all, and only the entrypoints (jobs/, serve/) hold the whole `Config`.
 """
 
 from pydantic import BaseModel, ConfigDict
+
+
+class SetupError(ValueError):
+    """A setting that cannot work with these inputs or on this cluster, found before any work starts. The message is
+    one sentence that names the key and the fix; the `maple` command prints it without a traceback."""
 
 
 class Section(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -124,32 +125,37 @@ def training_run(run: RunConfig, job: str, run_name: str, storage: str, config: 
 
 # --- the model registry ------------------------------------------------------------------------------------------
 
-class EmbedderModel(mlflow.pyfunc.PythonModel):
-    """A registered maple embedder as an MLflow pyfunc: `predict(["a text", ...])` returns text embeddings; the
-    saved embedder directory travels as the artifact `embedder`, which `model_dir` fetches for maple's own loaders."""
+# MLflow asks each PythonModel for a type hint on `predict`, from which it would validate and convert inputs; ours
+# take a list of texts or a DataFrame of them, which no hint it supports names. Its warning is printed at import,
+# under a filter MLflow sets itself, so only recording the warnings of the two class statements keeps it quiet.
+with warnings.catch_warnings(record=True):
 
-    def load_context(self, context) -> None:
-        from maple.models.families import load_embedder
+    class EmbedderModel(mlflow.pyfunc.PythonModel):
+        """A registered maple embedder as an MLflow pyfunc: `predict(["a text", ...])` returns text embeddings;
+        the saved embedder directory travels as the artifact `embedder`, which `model_dir` fetches for maple's own
+        loaders."""
 
-        self.embedder = load_embedder(context.artifacts["embedder"])
+        def load_context(self, context) -> None:
+            from maple.models.families import load_embedder
 
-    def predict(self, context, model_input, params=None):
-        texts = list(model_input["text"]) if hasattr(model_input, "columns") else list(model_input)
-        return self.embedder.encode_texts([str(t) for t in texts]).numpy()
+            self.embedder = load_embedder(context.artifacts["embedder"])
 
+        def predict(self, context, model_input, params=None):
+            texts = list(model_input["text"]) if hasattr(model_input, "columns") else list(model_input)
+            return self.embedder.encode_texts([str(t) for t in texts]).numpy()
 
-class RerankerModel(mlflow.pyfunc.PythonModel):
-    """A registered maple reranker: `predict({"query": [...], "candidate": [...]})` (texts) returns
-    logit_Yes − logit_No per row; the saved reranker directory travels as the artifact `reranker`."""
+    class RerankerModel(mlflow.pyfunc.PythonModel):
+        """A registered maple reranker: `predict({"query": [...], "candidate": [...]})` (texts) returns
+        logit_Yes − logit_No per row; the saved reranker directory travels as the artifact `reranker`."""
 
-    def load_context(self, context) -> None:
-        from maple.models.families import load_reranker
+        def load_context(self, context) -> None:
+            from maple.models.families import load_reranker
 
-        self.reranker = load_reranker(context.artifacts["reranker"])
+            self.reranker = load_reranker(context.artifacts["reranker"])
 
-    def predict(self, context, model_input, params=None):
-        queries, candidates = list(model_input["query"]), list(model_input["candidate"])
-        return [self.reranker.score(str(q), [str(c)])[0] for q, c in zip(queries, candidates)]
+        def predict(self, context, model_input, params=None):
+            queries, candidates = list(model_input["query"]), list(model_input["candidate"])
+            return [self.reranker.score(str(q), [str(c)])[0] for q, c in zip(queries, candidates)]
 
 
 PYFUNCS = {"embedder": EmbedderModel, "reranker": RerankerModel}

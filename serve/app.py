@@ -47,7 +47,7 @@ from maple.serving.api import (
 )
 from maple.serving.config import ServeConfig
 from maple.serving.errors import ApiError, ItemError
-from maple.serving.http import GuardSettings, RequestGuard, install_error_handlers
+from maple.serving.http import GuardSettings, RequestGuard, check_port_free, install_error_handlers
 from maple.serving.inputs import Content, Limits, decoded, key_digest, parse_input, parse_inputs
 from maple.serving.pixels import PixelBudget
 
@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
                        "loopback without MAPLE_API_KEY.")
     cfg.serve.insecure = cfg.serve.insecure or insecure
     check_exposure(cfg.serve.host, bool(os.environ.get("MAPLE_API_KEY")), cfg.serve.insecure)
+    check_port_free(cfg.serve.host, cfg.serve.port)
     init_ray(cfg.run)
     serve_blocking(cfg)
 

@@ -25,6 +25,7 @@ LAYERS = [
     {"stages"},  # the Ray Data pipelines
     {"tracking", "serving"},  # MLflow runs and registry; the logic behind the HTTP API
     {"config"},  # the whole Config, composed of every package's section
+    {"console"},  # what a job shows on the terminal; everything the libraries write to its log
     {"runtime"},  # what every entrypoint shares: the command line, joining Ray
 ]
 APPS = {"jobs", "serve"}  # entrypoints: above every library layer

@@ -25,8 +25,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from maple.data.images import image_files
 from maple.data.raw import MAX_FILE_BYTES, RAW_SCHEMA, UNREADABLE_SHARD, entry_row, mark, raw_row, utf8_text
 from maple.data.validate import READER_DETAIL, READER_REASON
+from maple.section import SetupError
 
 # The rows `coco_rows` returns: raw rows without the image, with the file name to read it from.
 COCO_ITEMS_SCHEMA = RAW_SCHEMA.remove(RAW_SCHEMA.get_field_index("image")).append(pa.field("file_name", pa.string()))
@@ -119,6 +121,23 @@ def _inside(root: str, name: str, local: bool) -> str | None:
         return path if os.path.commonpath([path, real_root]) == real_root and path != real_root else None
     path = os.path.normpath(os.path.join(root, name))  # object stores have no symlinks
     return path if path.startswith(root.rstrip("/") + "/") else None
+
+
+def check_image_root(rows: list[dict], fs: pafs.FileSystem, image_root: str, probe: int = 8) -> None:
+    """Refuse, before any image is read, an image folder that cannot be the one the captions JSON's file names are
+    relative to: none of the first `probe` images it names (`coco_rows` rows) is there. A few missing files are the
+    quarantine's business (`missing_file`), not this check's."""
+    local = isinstance(fs, pafs.LocalFileSystem)
+    names = [row["file_name"] for row in rows if row.get("file_name") and row[READER_REASON] is None][:probe]
+    for name in names:
+        path = _inside(image_root, name, local)
+        if path is not None and fs.get_file_info(path).type == pafs.FileType.File:
+            return
+    if names:
+        empty = local and not image_files(image_root, limit=1)
+        raise SetupError(f"data.image_root={image_root} {'holds no images' if empty else 'is not the image folder'}: "
+                         f"none of the first {len(names)} files the captions JSON names (e.g. {names[0]!r}) is there; "
+                         "set data.image_root to the folder its file_name entries are relative to")
 
 
 def read_image_files(table: pa.Table, fs: pafs.FileSystem, image_root: str) -> pa.Table:

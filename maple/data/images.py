@@ -22,7 +22,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 import re
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -38,6 +40,7 @@ DEFAULT_MAX_ASPECT_RATIO: float = _DEFAULTS["max_aspect_ratio"].default
 # The only formats PIL may open here (its plugin names). PIL parses whatever its ~40 plugins recognise, and some
 # hand the bytes to other programs (EPS runs Ghostscript); these cover what photo datasets and clients send.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")  # their files' usual names
 
 # Encoded formats that travel unchanged when the image is already plain RGB; anything else is re-encoded as PNG so
 # that downstream readers (browsers, MLLM processors) meet only these two.
@@ -233,3 +236,14 @@ def encode_image(img: Image.Image, format: str = "png") -> bytes:  # noqa: A002 
     else:
         raise ValueError(f"encode_image: unsupported format {format!r}; use 'png', 'jpeg' or 'webp'")
     return buf.getvalue()
+
+
+def image_files(folder: str | Path, limit: int = 1000) -> list[Path]:
+    """Up to `limit` image files (by name, IMAGE_SUFFIXES) under a local folder, searched recursively; for messages
+    about a folder that should or should not hold images."""
+    found: list[Path] = []
+    for parent, _, names in os.walk(folder):
+        found += [Path(parent) / n for n in sorted(names) if n.lower().endswith(IMAGE_SUFFIXES)]
+        if len(found) >= limit:
+            return found[:limit]
+    return found

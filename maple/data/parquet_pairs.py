@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from maple.data.raw import RAW_SCHEMA, UNREADABLE_SHARD, entry_row, raw_table, shard_entry, valid_utf8
 from maple.data.schema import PAIRS_SCHEMA
 from maple.data.validate import READER_DETAIL, READER_REASON
+from maple.section import SetupError
 
 # Parquet column names accepted for each field, in order of preference (PAIRS_SCHEMA's own name first).
 PARQUET_COLUMNS = {
@@ -82,6 +83,25 @@ def parquet_mapping(schema: pa.Schema, file: str) -> dict[str, str]:
                 f"{PAIRS_SCHEMA.field(field).type}. Convert the column or the shard to maple.data.schema.PAIRS_SCHEMA.")
         mapping[field] = found
     return mapping
+
+
+def check_columns(files: list[str], key: str, fs: pafs.FileSystem | None = None) -> None:
+    """Refuse, before any read, an input where no shard has columns for id, image and captions (captions written
+    under other column names, or another tool's shards): the reader would quarantine every row. Shards are probed in
+    order until one maps, so a good input costs one footer; a shard that does not open is the reader's to report."""
+    refused = None
+    for file in files:
+        try:
+            schema = pq.read_schema(file, filesystem=fs)
+        except (OSError, pa.ArrowException):
+            continue
+        try:
+            parquet_mapping(schema, file)
+            return
+        except ShardSchemaError as exc:
+            refused = refused or exc
+    if refused is not None:
+        raise SetupError(f"{key}: none of its {len(files)} shards can be read as image-text pairs: {refused}")
 
 
 def _array(column: pa.ChunkedArray) -> pa.Array:

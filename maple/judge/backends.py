@@ -23,16 +23,22 @@ def build_judge(cfg: JudgeConfig) -> JudgeBackend:
     return BACKENDS[cfg.backend](cfg)
 
 
-def check_judge(cfg: JudgeConfig, needs_images: bool, available_gpus: float) -> dict[str, Any]:
-    """Fail fast, before any data is read: a missing model path, a judge without "Yes"/"No" tokens, a text-only
-    model asked to judge images, GPUs that the cluster does not have, or vLLM not installed. Returns facts about the
-    judge for the run's log (model type, answer token ids)."""
+def check_judge_gpus(cfg: JudgeConfig, available_gpus: float) -> None:
+    """GPUs for the judge's actors that the cluster does not have (the actors would wait for them forever)."""
     requested = cfg.num_actors * max(cfg.gpus_per_actor, cfg.tensor_parallel_size if cfg.gpus_per_actor else 0)
     if requested > available_gpus:
         raise JudgeSetupError(
             f"judge.num_actors={cfg.num_actors} × judge.gpus_per_actor={cfg.gpus_per_actor} "
             f"(tensor_parallel_size={cfg.tensor_parallel_size}) asks for {requested:g} GPUs but the Ray cluster has "
             f"{available_gpus:g}; set judge.gpus_per_actor=0 to run on CPU or join a cluster with GPUs")
+
+
+def check_judge(cfg: JudgeConfig, needs_images: bool, available_gpus: float) -> dict[str, Any]:
+    """Fail fast, before any data is read: a missing model path, a judge without "Yes"/"No" tokens, a text-only
+    model asked to judge images, GPUs that the cluster does not have (`available_gpus=math.inf` leaves that to
+    `check_judge_gpus` once the cluster is known), or vLLM not installed. Returns facts about the judge for the
+    run's log (model type, answer token ids)."""
+    check_judge_gpus(cfg, available_gpus)
     if cfg.backend == "reference":
         if cfg.noise_flip_rate < 0 or cfg.noise_flip_rate > 1 or cfg.noise_std < 0:
             raise JudgeSetupError("judge.noise_flip_rate must be in [0, 1] and judge.noise_std >= 0")

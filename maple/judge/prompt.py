@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from maple.section import SetupError
+
 INSTRUCTION = (
     "I will provide you with a query and a candidate. Please evaluate whether the candidate meets the requirements "
     "of the query. If it does, respond with 'Yes'; if it doesn't, respond with 'No'."
@@ -27,7 +29,7 @@ IMAGE_PLACEHOLDERS = {
 }
 
 
-class JudgeSetupError(ValueError):
+class JudgeSetupError(SetupError):
     """A judge that cannot run as configured; raised at start, before any data is read."""
 
 

@@ -3,9 +3,11 @@ parses anything, and the exception handlers that turn every failure into `{"erro
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,11 +17,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from maple.section import SetupError
 from maple.serving.errors import ApiError, error_body
 from maple.serving.inputs import check_bearer
 
 logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/health",)  # liveness probes need no key
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, before Ray starts, to serve on a port that something already listens on (Serve's proxy would fail to
+    bind it later, in a log the user does not see). SO_REUSEADDR as the proxy's own server sets it, so a port that
+    an earlier server left in TIME_WAIT counts as free."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise SetupError(f"serve.port={port} is in use on {host} (another server, or an earlier `maple serve` "
+                             f"still running); stop it or choose another port, e.g. serve.port={port + 1}") from None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ import ray
 import ray.data
 
 from maple.data.config import DataConfig, WorldConfig
+from maple.data.images import image_files
+from maple.data.parquet_pairs import check_columns
 from maple.data.schema import CONTENT_SCHEMA
 from maple.eval.plots import plot_score_histogram
 from maple.judge.backends import check_judge
@@ -28,7 +31,7 @@ from maple.judge.config import JudgeConfig
 from maple.mining.config import MineConfig
 from maple.retrieval.index import VectorIndex, build_index
 from maple.rewrite.config import RewriteConfig
-from maple.section import RunConfig
+from maple.section import RunConfig, SetupError
 from maple.stages.mine_steps import (
     EmbedPairs,
     JudgeQueries,
@@ -47,10 +50,19 @@ log = logging.getLogger(__name__)
 
 
 def input_shards(path: str | Path) -> list[str]:
+    """The Parquet shards of `mine.input` (a folder of them, or one file); SetupError naming the fix when there are
+    none, e.g. a folder of image files (mining reads pairs from shards)."""
     folder = Path(path)
+    if not folder.exists():
+        raise SetupError(f"mine.input={path} does not exist; point it at a folder of Parquet shards of image-text "
+                         "pairs (`maple data synth` writes one)")
     files = sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else [str(folder)]
-    if not files or not all(Path(f).is_file() for f in files):
-        raise FileNotFoundError(f"mine.input={path}: no Parquet shards of image-text pairs there")
+    if not files:
+        images = image_files(folder)
+        found = f"{len(images)}{'+' if len(images) == 1000 else ''} image files but " if images else ""
+        raise SetupError(f"mine.input={path} holds {found}no Parquet shards; mining reads image-text pairs from "
+                         "Parquet shards (columns id, image bytes, captions: maple.data.schema.PAIRS_SCHEMA), so "
+                         "write the images and their captions into shards and point mine.input at their folder")
     return files
 
 
@@ -112,17 +124,20 @@ def check_cpus(judge: JudgeConfig, rewrite: RewriteConfig, available: float) -> 
 
 def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunConfig, model_path: str,
                rewrite: RewriteConfig | None = None, world: WorldConfig | None = None,
-               judge_class: type = JudgeQueries) -> dict:
+               judge_class: type = JudgeQueries, on_rows: Callable[[int, int], None] | None = None) -> dict:
     """The mining pipeline: read and validate the pairs of `mine.input`, embed them with the model at `model_path`,
     retrieve each query's top-K in its direction, add the rewrites of each image's caption (`rewrite`; the grammar
     backend reads the world's vocabulary from `world`), judge every (query, candidate) and (query, positive) pair,
     mine, and write `<mine.output>/judged/<shard>.parquet` (+ quarantine, the index, `summary.json` and
     `score_histogram.png`). Shards finished by an earlier run are skipped. `judge_class` is the judge step's
-    callable class (`JudgeQueries`, or a subclass: the fault-injection test kills one mid-run). Returns the summary
-    (counts, throughput, the judge's start-up facts, the paths written)."""
+    callable class (`JudgeQueries`, or a subclass: the fault-injection test kills one mid-run). `on_rows(n, total)`
+    hears of each batch of n queries mined, of `total` (the job's progress display). Returns the summary (counts,
+    throughput, the judge's start-up facts, the paths written)."""
     out = Path(mine.output or Path(run.output_dir) / "mined")
-    files = input_shards(mine.input or Path(run.output_dir) / "world" / "train")
-    # Fail fast: judge model, its Yes/No tokens, GPUs, CPUs, before reading any data.
+    source = mine.input or Path(run.output_dir) / "world" / "train"
+    files = input_shards(source)
+    # Fail fast: the shards' columns, judge model, its Yes/No tokens, GPUs, CPUs, before reading any data.
+    check_columns(files, f"mine.input={source}")
     judge_facts = check_judge(judge, needs_images=True, available_gpus=ray.cluster_resources().get("GPU", 0.0))
     check_cpus(judge, rewrite or RewriteConfig(), ray.cluster_resources().get("CPU", 0.0))
     shards = [shard_name(f) for f in files]
@@ -180,6 +195,8 @@ def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunC
                                        "fallback_score": mine.fallback_score, "ranking_max": mine.ranking_max})
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             writer.add(batch)
+            if on_rows is not None:
+                on_rows(batch.num_rows, queries.num_rows)
     writer.close()
     timings["stream_s"] = time.perf_counter() - t0
 

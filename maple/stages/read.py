@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import ray.data
 
-from maple.data.coco import COCO_ITEMS_SCHEMA, coco_rows, read_image_files
+from maple.data.coco import COCO_ITEMS_SCHEMA, check_image_root, coco_rows, read_image_files
 from maple.data.config import DataConfig
 from maple.data.parquet_pairs import read_parquet_shard
 from maple.data.raw import RAW_SCHEMA
@@ -118,7 +118,9 @@ def read_coco_pairs(captions_json: str | None, image_root: str | None) -> ray.da
     fs, root = _filesystem(image_root)
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         raise FileNotFoundError(f"data.image_root={image_root!r} is not a folder")
-    items = pa.Table.from_pylist(coco_rows(captions_json), schema=COCO_ITEMS_SCHEMA)
+    rows = coco_rows(captions_json)
+    check_image_root(rows, fs, root)
+    items = pa.Table.from_pylist(rows, schema=COCO_ITEMS_SCHEMA)
     # Several input blocks so that the image reads spread over the cluster; small batches, since each becomes a
     # block of image bytes.
     ds = ray.data.from_arrow([items.slice(k, 1024) for k in range(0, max(items.num_rows, 1), 1024)])

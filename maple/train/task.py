@@ -9,6 +9,7 @@ methods run inside the workers, and alone in tests.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,10 @@ class TrainTask(ABC):
 
     name = "train"  # MLflow tag `maple.job`
     kind: Literal["embedder", "reranker"] = "embedder"  # what `export` writes (how the registry wraps it)
+    # The job's progress display (`maple.console.Stage.advance`), called after each step. It lives on the driver:
+    # it ticks where the loop runs in the driver's process (Ray Train's local mode, train.num_workers=0) and stays
+    # behind when the task is pickled to workers (`__getstate__`).
+    on_step: Callable[[], None] | None = None
 
     def check(self, schemas: dict[str, pa.Schema]) -> None:
         """Driver side, before any worker starts: raise ValueError for inputs the task cannot train on."""
@@ -50,4 +55,10 @@ class TrainTask(ABC):
         """Write the final weights (a fully materialised model: ZeRO-3 parameters gathered) to out_dir."""
 
     def after_step(self, step: int, rank: int) -> None:
-        """Called on every rank after each step (e.g. a recipe's own logging)."""
+        """Called on every rank after each step (e.g. a recipe's own logging); a subclass that overrides it calls
+        this one too."""
+        if self.on_step is not None and rank == 0:
+            self.on_step()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "on_step"}

@@ -1,7 +1,11 @@
 """The main job at a tiny size: every stage runs, the report holds every variant, the same command gives the same
-numbers, and nothing the evaluation uses reaches the training rows."""
+numbers, nothing the evaluation uses reaches the training rows, and the console shows the stages and the result
+while the libraries' output goes to the run's log."""
 
+import contextlib
+import io
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -11,17 +15,18 @@ from jobs.demo import VARIANTS, main
 
 @pytest.fixture(scope="module")
 def demo_runs(ray_local, mlflow_uri, tmp_path_factory):
-    """The tiny demo, run twice with the same command into two folders."""
+    """The tiny demo, run twice with the same command into two folders: (output folder, metrics, console text)."""
     runs = []
     for k in range(2):
         out = tmp_path_factory.mktemp(f"demo{k}")
-        runs.append((out, main(["--config", "configs/demo_tiny.yaml", f"run.output_dir={out}",
-                                f"run.name=demo-tiny-{k}"])))
+        with contextlib.redirect_stdout(io.StringIO()) as console:
+            metrics = main(["--config", "configs/demo_tiny.yaml", f"run.output_dir={out}", f"run.name=demo-tiny-{k}"])
+        runs.append((out, metrics, console.getvalue()))
     return runs
 
 
 def test_tiny_demo_runs_end_to_end_and_reports_every_variant(demo_runs):
-    out, metrics = demo_runs[0]
+    out, metrics, _ = demo_runs[0]
     report = (out / "report" / "report.md").read_text()
     for variant in [*VARIANTS, "full+reranker", "baseline"]:
         assert f"| {variant} |" in report, variant
@@ -38,7 +43,7 @@ def test_tiny_demo_runs_end_to_end_and_reports_every_variant(demo_runs):
 
 
 def test_the_same_command_gives_the_same_numbers(demo_runs):
-    (_, first), (_, second) = demo_runs
+    (_, first, _), (_, second, _) = demo_runs
     assert first.keys() == second.keys()
     for name in first:
         assert first[name] == second[name], name
@@ -51,7 +56,7 @@ def _pixels(blob):
 
 
 def test_no_evaluation_image_or_pair_reaches_the_training_rows(demo_runs):
-    out, _ = demo_runs[0]
+    out, _, _ = demo_runs[0]
     world = out / "world"
     eval_images, eval_pairs = set(), set()
     for row in pq.read_table(world / "compositional").to_pylist():
@@ -73,3 +78,22 @@ def test_no_evaluation_image_or_pair_reaches_the_training_rows(demo_runs):
         texts = [row["query_text"], row["positive_text"], *(row["hard_negative_texts"] or []),
                  *(row["ranking_texts"] or []), *(row["rewrite_texts"] or [])]
         assert not {(p, t) for p in pixels for t in texts if t is not None} & eval_pairs, row["id"]
+
+
+def test_the_console_shows_the_stages_and_ends_with_the_table_and_where_to_look(demo_runs):
+    out, _, console = demo_runs[0]
+    lines = console.splitlines()
+    assert [line.split("]")[0] + "]" for line in lines if line.startswith("[")] == [f"[{k}/6]" for k in range(1, 7)]
+    assert len(lines) <= 50  # the tiny demo's whole console; the full recipe adds a line per run
+    # nothing of the libraries: no logging record, Ray Data progress block, warning or progress bar
+    noise = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR)\b|logging_progress|core_worker|[Ww]arning|it/s]|Loading")
+    assert [line for line in lines if noise.search(line)] == []
+    # the table, a row per variant, then the three places to look, last
+    header = next(i for i, line in enumerate(lines) if line.startswith("variant "))
+    rows = [line.split()[0] for line in lines[header + 1:header + 9]]
+    assert rows == ["baseline", *VARIANTS, "full+reranker"]
+    assert lines[-3:] == [f"report:    {out / 'report' / 'report.md'}", f"plots:     {out / 'report'}/*.png",
+                          lines[-1]] and lines[-1].startswith("MLflow UI: mlflow ui --backend-store-uri sqlite:///")
+    # ...while the records of maple and the libraries are in the run's log
+    log = (out / "logs" / "demo.log").read_text()
+    assert "INFO maple.stages.mining: mining" in log and "WARNING mlflow" in log

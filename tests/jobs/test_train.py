@@ -61,3 +61,15 @@ def test_ray_job_submit_trains_exports_and_registers(ray_head, small_world, mlfl
     recall = {m.step: m.value for m in client.get_metric_history(summary["mlflow_run_id"], "val_mean_r_at_1")}
     assert loss[6] < loss[1]
     assert recall[6] > recall[0]
+
+
+@pytest.mark.parametrize("workers, asked", [(0, "1 GPU "), (2, "2 GPUs")])
+def test_use_gpu_on_a_cluster_without_gpus_fails_in_one_sentence(workers, asked):
+    from jobs.common import check_training_gpus
+    from maple.section import SetupError
+    from maple.train.config import TrainConfig
+
+    with pytest.raises(SetupError, match=rf"^train.use_gpu=true asks for {asked}.*but the Ray cluster has 0; set "
+                                         r"train.use_gpu=false to train on CPU, or join a cluster with GPUs"):
+        check_training_gpus(TrainConfig(use_gpu=True, num_workers=workers), gpus=0)
+    check_training_gpus(TrainConfig(use_gpu=False, num_workers=workers), gpus=0)

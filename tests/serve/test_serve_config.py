@@ -122,3 +122,18 @@ def test_a_key_or_insecure_allows_a_public_host_and_insecure_says_so(capsys):
 def test_pixel_limits_must_nest():
     with pytest.raises(ValueError, match="pixel limits must nest"):
         ServeConfig(max_image_pixels=10, max_request_pixels=5)
+
+
+def test_maple_serve_refuses_a_port_in_use_before_starting_anything():
+    import socket
+
+    from maple.section import SetupError
+    from serve.app import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SetupError, match=rf"^serve.port={port} is in use on 127.0.0.1 .*; stop it or choose "
+                                             rf"another port, e.g. serve.port={port + 1}$"):
+            main([f"serve.port={port}"])

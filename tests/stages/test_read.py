@@ -9,6 +9,7 @@ import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import ray.data
 from PIL import Image
 
@@ -17,6 +18,7 @@ from maple.data.parquet_pairs import parquet_mapping, raw_from_parquet
 from maple.data.quarantine import quarantine_counts, write_quarantine
 from maple.data.schema import PAIRS_SCHEMA, QUARANTINE_SCHEMA
 from maple.data.synth import synthesize
+from maple.section import SetupError
 from maple.stages.read import read_pairs, validated
 
 
@@ -180,3 +182,17 @@ def test_write_quarantine_streams_a_dataset_to_one_shard_file(tmp_path, ray_loca
     path = write_quarantine(ds, tmp_path, "shard-000")
     assert pq.read_table(path).schema.equals(QUARANTINE_SCHEMA)
     assert quarantine_counts(tmp_path) == {"corrupt": 2, "missing_file": 1}
+
+
+def test_a_coco_image_folder_without_images_fails_in_one_sentence_before_any_read(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "README.txt").write_text("the images are elsewhere")
+    captions_json = tmp_path / "captions.json"
+    captions_json.write_text(json.dumps({"images": [{"id": 1, "file_name": "1.jpg"}],
+                                         "annotations": [{"image_id": 1, "caption": "a dog"}]}))
+    cfg = DataConfig(format="coco", path=str(captions_json), image_root=str(images))
+    with pytest.raises(SetupError, match=rf"^data.image_root={images} holds no images: none of the first 1 files the "
+                                         r"captions JSON names \(e.g. '1.jpg'\) is there; set data.image_root to the "
+                                         r"folder its file_name entries are relative to$"):
+        read_pairs(cfg)  # raised on the driver: no Ray Dataset is made (this test has no Ray fixture)

@@ -1,0 +1,51 @@
+"""The mining pipeline refuses inputs it cannot mine before reading anything (no Ray here: each check runs on the
+driver before the first Ray call), in one sentence that names the key and the fix."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from maple.data.config import DataConfig
+from maple.judge.config import JudgeConfig
+from maple.mining.config import MineConfig
+from maple.section import RunConfig, SetupError
+from maple.stages.mining import input_shards, mine_pairs
+
+
+def _mine(tmp_path, source) -> None:
+    mine_pairs(MineConfig(input=str(source), output=str(tmp_path / "mined")), JudgeConfig(), DataConfig(),
+               RunConfig(output_dir=str(tmp_path)), model_path=str(tmp_path / "no-model"))
+
+
+def test_a_folder_of_images_is_not_an_input_and_the_message_says_to_write_shards(tmp_path):
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / name).write_bytes(b"\x89PNG")
+    with pytest.raises(SetupError, match=rf"^mine.input={tmp_path} holds 2 image files but no Parquet shards; .*write "
+                                         r"the images and their captions into shards and point mine.input at"):
+        input_shards(tmp_path)
+
+
+def test_an_input_that_does_not_exist_names_the_key(tmp_path):
+    with pytest.raises(SetupError, match=rf"^mine.input={tmp_path / 'nope'} does not exist; point it at a folder"):
+        input_shards(tmp_path / "nope")
+
+
+def test_shards_whose_captions_sit_under_another_column_fail_before_any_read(tmp_path):
+    shards = tmp_path / "pairs"
+    shards.mkdir()
+    for k in range(2):
+        pq.write_table(pa.table({"id": ["p0"], "image": [b"\x89PNG"], "description": ["a red circle"]}),
+                       shards / f"part-{k}.parquet")
+    with pytest.raises(SetupError, match=r"^mine.input=.*pairs: none of its 2 shards can be read as image-text pairs: "
+                                         r".*part-0.parquet: no column for 'captions' \(looked for captions, caption, "
+                                         r"text\); the shard has columns \['id', 'image', 'description'\]\. Rename"):
+        _mine(tmp_path, shards)
+
+
+def test_one_shard_with_the_right_columns_is_enough_to_start(tmp_path):
+    from maple.data.parquet_pairs import check_columns
+
+    bad, good = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(pa.table({"id": ["p0"], "image": [b"x"], "description": ["a"]}), bad)
+    pq.write_table(pa.table({"id": ["p1"], "image": [b"x"], "caption": ["a"]}), good)
+    check_columns([str(bad), str(good)], "mine.input")  # the bad shard is the quarantine's business
