@@ -12,6 +12,15 @@ clause), T ⊆ F those true in the scene, and U the scene's objects that no true
 
 It is 1 exactly when the caption is true and complete, falls with every false fact, and falls when the caption
 omits an object (so "remove object" negatives score below the full caption).
+
+A judge asked "does this caption describe the image?" says No to a caption with one false fact far more firmly than
+the fraction above does (3 true facts and 2 false ones score 0.6). `false_fact_factor` ε models that: each false
+fact multiplies the score by ε,
+
+    score_ε(caption, scene) = |T| / (|F| + |U|) · ε^(|F| − |T|)
+
+so ε = 1 is the fraction and a small ε makes P(Yes) "the whole caption holds", graded by how incomplete a true
+caption is and by how many facts a false one gets wrong.
 """
 
 from __future__ import annotations
@@ -156,8 +165,8 @@ def parse_caption(text: str, relations: list[str] | tuple[str, ...] = tuple(INVE
     return facts
 
 
-def reference_score(caption: str | CaptionFacts, scene: Scene) -> float:
-    """|true facts| / (|caption facts| + |scene objects left unnamed|); see the module docstring."""
+def reference_score(caption: str | CaptionFacts, scene: Scene, false_fact_factor: float = 1.0) -> float:
+    """|true facts| / (|caption facts| + |scene objects left unnamed|) · ε^|false facts|; see the module docstring."""
     facts = parse_caption(caption) if isinstance(caption, str) else caption
     by_triple = {o.triple: o for o in scene.objects}
     mentions = facts.mentions
@@ -169,7 +178,8 @@ def reference_score(caption: str | CaptionFacts, scene: Scene) -> float:
     n_facts = len(mentions) + len(facts.relations)
     unnamed = [o for o in scene.objects if o.triple not in true_mentions]
     denominator = n_facts + len(unnamed)
-    return (len(true_mentions) + len(true_relations)) / denominator if denominator else 0.0
+    n_true = len(true_mentions) + len(true_relations)
+    return n_true / denominator * false_fact_factor ** (n_facts - n_true) if denominator else 0.0
 
 
 # --- scenes -----------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 from typing import Literal
 
+from pydantic import Field
+
 from maple.section import Section
 
 
@@ -21,6 +23,9 @@ class JudgeConfig(Section):
     image_placeholder: str | None = None  # None: from the model type (LLaVA "<image>", Qwen2-VL vision tokens)
     enable_prefix_caching: bool = True  # vllm
     enforce_eager: bool = False  # vllm: skip graph compilation (faster start, slower steps; tests, tiny models)
+    # reference backend only: ε, each false fact multiplies the score by it (1: the fraction of true facts; small:
+    # P(Yes) is "the whole caption holds", as a judge asked yes or no would say; maple/data/synth.py)
+    false_fact_factor: float = Field(1.0, ge=0.0, le=1.0)
     noise_flip_rate: float = 0.0  # reference backend only: probability of replacing a score by 1 - score
     noise_std: float = 0.0  # reference backend only: Gaussian noise on scores, clipped to [0, 1]
     noise_seed: int = 0  # reference backend only: the noise is a function of (seed, query id, candidate id)

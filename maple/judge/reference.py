@@ -1,9 +1,9 @@
 """The reference judge: the synthetic world's exact ground-truth score, for tests and experiments only.
 
-It is not a model. For a (text, image) pair it returns `maple.data.synth.reference_score(caption, scene)`, the
-scene read from the image side's annotation (the world's JSON); it refuses pairs without one (real data). Optional
-noise stands in for an imperfect judge in the demo's judge-noise sweep: with probability `noise_flip_rate` a score
-becomes 1 − score, then Gaussian noise of std `noise_std` is added and the result clipped to [0, 1]. The noise is a
+It is not a model. For a (text, image) pair it returns `maple.data.synth.reference_score(caption, scene, ε)`
+(ε = `false_fact_factor`), the scene read from the image side's annotation (the world's JSON); it refuses pairs
+without one (real data). Optional noise stands in for an imperfect judge in the demo's judge-noise sweep: with
+probability `noise_flip_rate` a score becomes 1 − score, then Gaussian noise of std `noise_std` is added and the result clipped to [0, 1]. The noise is a
 function of (noise_seed, query id, candidate id), so batching and re-runs do not change it.
 """
 
@@ -29,13 +29,14 @@ class ReferenceJudge(JudgeBackend):
     def __init__(self, cfg: JudgeConfig | None = None):
         cfg = cfg or JudgeConfig()
         self.flip_rate, self.noise_std, self.seed = cfg.noise_flip_rate, cfg.noise_std, cfg.noise_seed
+        self.false_fact_factor = cfg.false_fact_factor
 
     def score(self, pairs: Pairs) -> np.ndarray:
         n = num_pairs(pairs)
         out = np.empty(n, dtype=np.float32)
         for i in range(n):
             caption, scene = self._caption_and_scene(pairs, i)
-            out[i] = reference_score(caption, Scene.from_json(scene))
+            out[i] = reference_score(caption, Scene.from_json(scene), self.false_fact_factor)
         if self.flip_rate > 0 or self.noise_std > 0:
             out = self._noisy(out, pairs)
         return out

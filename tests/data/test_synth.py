@@ -47,6 +47,23 @@ def test_extra_object_lowers_the_score():
     assert reference_score(caption, SCENE) == pytest.approx(3 / 4)
 
 
+def test_false_fact_factor_multiplies_the_score_once_per_false_fact():
+    # ε = 1 is the fraction; ε = 0.25: the false relation (1 of 3 facts) -> 2/3 · 0.25; the extra object's false mention
+    # (1 of 4) -> 3/4 · 0.25; a true but incomplete caption keeps its completeness score; swapped attributes stay 0.
+    cases = {"a small red circle right of a large blue square": (2 / 3, 1),
+             "a small red circle left of a large blue square and a small green triangle": (3 / 4, 1),
+             "a small red circle": (1 / 2, 0), "a small red circle left of a large blue square": (1.0, 0),
+             "a small blue circle left of a large red square": (0.0, 3)}
+    for caption, (fraction, n_false) in cases.items():
+        assert reference_score(caption, SCENE, 1.0) == pytest.approx(fraction)
+        assert reference_score(caption, SCENE, 0.25) == pytest.approx(fraction * 0.25 ** n_false)
+    # the ranking an MLLM judge would give: true > true but incomplete > one false fact
+    true, incomplete, one_false = (reference_score(c, SCENE, 0.25) for c in [
+        "a large blue square below a small red circle", "a small red circle",
+        "a small red circle left of a large blue square and a small green triangle"])
+    assert true > incomplete > one_false
+
+
 def test_caption_outside_the_grammar_is_a_clear_error():
     with pytest.raises(ValueError, match="not in the synthetic world's grammar"):
         parse_caption("two cats on a sofa")

@@ -23,6 +23,12 @@ def test_reference_scores_are_the_synthetic_worlds_ground_truth():
     assert got[0] == 1.0 and got[0] > got[1] > got[2]
 
 
+def test_reference_judge_applies_the_configured_false_fact_factor():
+    got = ReferenceJudge(JudgeConfig(false_fact_factor=0.2)).score(t2i_pairs(CAPTIONS))
+    np.testing.assert_allclose(got, [reference_score(c, SCENE, 0.2) for c in CAPTIONS], atol=1e-7)
+    assert got[3] == pytest.approx(0.2 * 2 / 3)  # the relation-swapped caption: one false fact of three
+
+
 def test_reference_reads_the_scene_from_the_query_side_for_image_to_text():
     pairs = make_pairs([{"query_id": "img", "query_image": b"png", "query_annotation": SCENE.to_json(),
                          "candidate_id": "c", "candidate_text": CAPTIONS[1]}])
