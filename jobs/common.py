@@ -1,4 +1,5 @@
-"""What several jobs share: resolving model specs, and training, mining or evaluating inside an MLflow run.
+"""What several jobs share: resolving model specs, training, mining or evaluating inside an MLflow run, and building
+the search index.
 
 These compose library components (each given its own config section) with the tracking layer; the library itself
 never sees the whole `Config`. Jobs import this module, never each other.
@@ -6,18 +7,28 @@ never sees the whole `Config`. Jobs import this module, never each other.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
+import pyarrow as pa
 import ray.data
 
 from maple.config import Config
+from maple.data.files import atomic_path
+from maple.data.quarantine import write_quarantine
+from maple.data.schema import DOCUMENTS_SCHEMA
+from maple.models.batch_inference import EmbedColumns
 from maple.models.families import build_embedder
 from maple.recipes.reranker import RerankerTask, split_rows, training_section
+from maple.retrieval.index import build_index
 from maple.runtime import cluster_gpus
 from maple.section import SetupError
+from maple.serving.models import TINY_SOURCE, local_model_dir, model_card, tiny_embedder
+from maple.serving.search_index import save_search_index
 from maple.stages.evaluate import evaluate_many
 from maple.stages.mining import mine_pairs
 from maple.tracking import log_metrics, mlflow_run, model_dir, register_model, tracking_uri, training_run
@@ -115,3 +126,77 @@ def train_reranker(cfg: Config, judged: Path, run_name: str, on_step: Callable[[
     result = train(run_cfg, task, reranker_datasets(judged, reranker.val_fraction), run_name,
                    register_name=f"{cfg.run.name}-reranker", on_step=on_step)
     return result
+
+
+# --- the search index (jobs/index.py; `maple demo --serve` builds the search page's) ---------------------------------
+
+_PAYLOAD_SKIP = {"id", "image", "image_emb", "image_error", "captions_emb"}
+
+
+def served_embedder_dir(cfg: Config) -> str:
+    """The served embedder as a directory for the actor pool: the spec's directory or registry download, or the
+    server's tiny twin (`maple.serving.models.tiny_embedder`) saved once under `run.output_dir`."""
+    spec = cfg.serve.embedder
+    if spec:
+        return local_model_dir(spec, cfg.serve.mlflow_tracking_uri or tracking_uri(cfg.run))
+    path = Path(cfg.run.output_dir) / "models" / TINY_SOURCE
+    if not (path / "maple_embedder.json").exists():
+        tiny_embedder().save_pretrained(path)
+    return str(path)
+
+
+def _payload(row: dict) -> str:
+    return json.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in row.items()
+                       if k not in _PAYLOAD_SKIP})
+
+
+def embed_corpus(cfg: Config, corpus: str, model_path: str) -> tuple[np.ndarray, pa.Table, list[dict]]:
+    """Embed the corpus: (M, D) vectors, the M documents (DOCUMENTS_SCHEMA rows) and the quarantined rows."""
+    images = cfg.serve.corpus_modality == "image"
+    ds = ray.data.read_parquet(corpus)
+    if not images:
+        ds = ds.drop_columns(["image"])
+    columns = {"image_columns": ("image",)} if images else {"text_list_columns": ("captions",)}
+    ds = ds.map_batches(EmbedColumns, fn_constructor_kwargs=dict(model_path=model_path, **columns,
+                                                                  batch_size=cfg.serve.max_batch_size),
+                        batch_size=cfg.serve.max_batch_size, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+    vectors, docs, quarantined = [], [], []
+    for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
+        for row in batch.to_dict("records"):
+            if images and row["image_error"]:
+                quarantined.append({"id": row["id"], "source": row.get("source"), "stage": "index",
+                                    "reason": row["image_error"], "row": _payload(row)})
+            elif images:
+                vectors.append(row["image_emb"])
+                docs.append({"id": row["id"], "text": None, "image": row["image"], "payload": _payload(row)})
+            else:
+                for k, (caption, vector) in enumerate(zip(row["captions"], row["captions_emb"])):
+                    vectors.append(vector)
+                    payload = {"pair_id": row["id"], "caption_index": k, **json.loads(_payload(row))}
+                    payload.pop("captions", None)
+                    docs.append({"id": f"{row['id']}#{k}", "text": str(caption), "image": None,
+                                 "payload": json.dumps(payload)})
+    if not vectors:
+        raise ValueError(f"{corpus}: no row could be indexed ({len(quarantined)} quarantined); check the corpus")
+    return np.stack(vectors).astype(np.float32), pa.Table.from_pylist(docs, schema=DOCUMENTS_SCHEMA), quarantined
+
+
+def build_search_index(cfg: Config) -> dict:
+    """The index job's work (jobs/index.py; the demo's search page too): embed `serve.corpus`, index the vectors and
+    save them with the documents into `serve.index`; returns the manifest written beside the index."""
+    if isinstance(cfg.serve.index, list):
+        raise SetupError(f"serve.index={cfg.serve.index}: the index job writes one folder; name one, and run the job "
+                         "once per modality (serve.corpus_modality=image, then text) to serve both")
+    corpus = cfg.serve.corpus or str(Path(cfg.run.output_dir) / "world" / "test")
+    out = Path(cfg.serve.index or Path(cfg.run.output_dir) / "index")
+    model_path = served_embedder_dir(cfg)
+    vectors, documents, quarantined = embed_corpus(cfg, corpus, model_path)
+    index = build_index(vectors, cfg.serve.index_kind, ids=documents.column("id").to_pylist(), seed=cfg.run.seed)
+    card = model_card(cfg.serve.embedder, "embedding", cfg.serve.mlflow_tracking_uri, index.dim)
+    manifest = {"embedder": cfg.serve.embedder or TINY_SOURCE, "embedder_id": card.id,
+                "embedder_version": card.version, "modality": cfg.serve.corpus_modality, "corpus": corpus,
+                "kind": index.kind, "quarantined": len(quarantined)}
+    with atomic_path(out) as tmp:  # written aside and moved into place: a server never loads a half-written index
+        save_search_index(tmp, index, documents, manifest)
+        write_quarantine(quarantined, tmp, "index")
+    return {**manifest, "size": index.ntotal, "dim": index.dim, "path": str(out)}

@@ -8,7 +8,7 @@ plots) → optionally serve the best model.
     maple demo                                  # configs/demo.yaml
     maple demo --judge vllm --judge-model PATH  # a real MLLM judge
     maple demo --judge-noise 0.1,0.3            # + how the gain falls as the judge's answers are flipped
-    maple demo --serve                          # end by serving the best variant on 127.0.0.1
+    maple demo --serve                          # end by serving the best variant and its search page on 127.0.0.1
     maple demo --config configs/demo_tiny.yaml  # about a minute (the CI test)
     maple demo --verbose                        # the libraries' logs on the console too
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from jobs.common import check_training_gpus, evaluate, mine, train, train_reranker
+from jobs.common import build_search_index, check_training_gpus, evaluate, mine, train, train_reranker
 from maple.config import Config
 from maple.console import Console, Stage
 from maple.data.synth import NEGATIVE_TYPES, synthesize
@@ -201,9 +201,20 @@ def main(argv: list[str] | None = None) -> dict:
 
             ray.shutdown()
     if demo.serve:
-        print("serving the full variant on 127.0.0.1 (Ctrl-C stops)", flush=True)
-        serve_model(cfg, specs.get("full-s0", specs["baseline"]), reranker)
+        print(f"serving the full variant and its search page on {cfg.serve.host} (Ctrl-C stops)", flush=True)
+        serve_model(cfg, served_embedder(specs), reranker, search_page_indexes(out))
     return metrics
+
+
+def served_embedder(specs: dict[str, str]) -> str:
+    """What `--serve` serves: the full variant's first seed, else the baseline."""
+    return specs.get("full-s0", specs["baseline"])
+
+
+def search_page_indexes(out: Path) -> dict[str, Path]:
+    """modality -> the folder of the index that `--serve` answers searches from (the test split's images, and
+    their captions)."""
+    return {"image": out / "index" / "images", "text": out / "index" / "captions"}
 
 
 def link_ray_logs(log_dir: Path, ray_logs: str) -> None:
@@ -223,7 +234,7 @@ def run_pipeline(cfg: Config, console: Console) -> tuple[dict, dict, str | None,
     demo, out = cfg.demo, Path(cfg.run.output_dir)
     seeds = list(range(demo.seeds))
     with_reranker = demo.reranker and "full" in demo.variants
-    n_stages = 5 + with_reranker + bool(demo.judge_noise_sweep)
+    n_stages = 5 + with_reranker + bool(demo.judge_noise_sweep) + demo.serve
     numbers = iter(range(1, n_stages + 1))
 
     def title(text: str) -> str:
@@ -288,6 +299,17 @@ def run_pipeline(cfg: Config, console: Console) -> tuple[dict, dict, str | None,
             log_metrics(m, prefix=f"{name}.")
         report = write_report(cfg, metrics, runs, sweep, out)
         mlflow.log_artifacts(str(out / "report"), "report")
+    if demo.serve:
+        indexes = search_page_indexes(out)
+        with console.stage(title("indexing the test images and their captions for the search page"),
+                           total=len(indexes), unit="index") as stage:
+            started = time.perf_counter()
+            for modality, folder in indexes.items():
+                build_search_index(cfg.with_overrides(
+                    f"serve.embedder={served_embedder(specs)}", f"serve.corpus={out / 'world' / 'test'}",
+                    f"serve.index={folder}", f"serve.corpus_modality={modality}"))
+                stage.advance()
+            stage.finished(f"search page indexes in {time.perf_counter() - started:.0f} s ({out / 'index'})")
     return metrics, specs, reranker, summarise(metrics), report
 
 
@@ -324,16 +346,18 @@ def rerank_metrics(cfg: Config, embedders: dict[str, str], reranker: str, out: P
     return renamed
 
 
-def serve_model(cfg: Config, embedder: str, reranker: str | None) -> None:
-    """Hand over to the serve entrypoint (`python -m serve.app`, what `maple serve` runs) with this demo's models:
-    the demo's process becomes the server's."""
+def serve_model(cfg: Config, embedder: str, reranker: str | None, indexes: dict[str, Path]) -> None:
+    """Hand over to the serve entrypoint (`python -m serve.app`, what `maple serve` runs) with this demo's models
+    and indexes: the demo's process becomes the server's, which prints the search page's address (and opens it
+    where there is a display)."""
     import ray
 
     ray.shutdown()
-    argv = [sys.executable, "-m", "serve.app", f"run.output_dir={cfg.run.output_dir}",
+    argv = [sys.executable, "-m", "serve.app", "--open", f"run.output_dir={cfg.run.output_dir}",
             f"run.mlflow_tracking_uri={cfg.run.mlflow_tracking_uri}", f"serve.host={cfg.serve.host}",
             f"serve.port={cfg.serve.port}", f"serve.embedder={embedder}",
-            f"serve.reranker={reranker if reranker else 'null'}"]
+            f"serve.reranker={reranker if reranker else 'null'}",
+            f"serve.index={json.dumps([str(folder) for folder in indexes.values()])}"]  # JSON is YAML's flow list
     os.execv(sys.executable, argv)
 
 

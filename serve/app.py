@@ -2,11 +2,12 @@
 
     Api (FastAPI ingress) ──► Embedder  (@serve.batch: texts and images of many requests in one forward pass)
                           ├─► Reranker  (@serve.batch)
-                          └─► Search    (ANN index over a corpus, built by jobs/index.py)
+                          └─► Search    (ANN indexes over a corpus, one per modality, built by jobs/index.py)
 
 Routes (docs/serving.md): POST /v1/embeddings (OpenAI), POST /v1/rerank (Cohere/Jina), POST /v1/search,
-GET /v1/models, GET /health. The logic the routes call (schemas, limits, auth, model loading) is in `maple.serving`;
-this file only places it in deployments and composes them through handles.
+GET /v1/models, GET /health, and GET / (the search page: static, over the same API). The logic the routes call
+(schemas, limits, auth, model loading, the page) is in `maple.serving`; this file only places it in deployments and
+composes them through handles.
 
 Run: `serve run serve/config.yaml` (or `serve deploy` to a cluster), `python -m serve.app --config recipe.yaml
 serve.embedder=models:/maple/1` (`maple serve`), or in Python `serve.run(build_app({...}))`.
@@ -23,6 +24,7 @@ import sys
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
@@ -43,12 +45,14 @@ from maple.serving.api import (
     SearchResponse,
     Usage,
     encode_embedding,
+    index_for,
     truncate_dimensions,
 )
 from maple.serving.config import ServeConfig
 from maple.serving.errors import ApiError, ItemError
 from maple.serving.http import GuardSettings, RequestGuard, check_port_free, install_error_handlers
 from maple.serving.inputs import Content, Limits, decoded, key_digest, parse_input, parse_inputs
+from maple.serving.page import search_page
 from maple.serving.pixels import PixelBudget
 
 logger = logging.getLogger("maple.serve")
@@ -79,7 +83,10 @@ def _total_inputs(chunks: list[list[Content]]) -> int:
     return sum(len(chunk) for chunk in chunks)
 
 
-@serve.deployment(max_ongoing_requests=64)
+# Logical CPUs per replica, as serve/config.yaml gives them: together 2, so that `maple serve` and `maple demo
+# --serve` start on a 2-core machine's local Ray (with Serve's default of 1 CPU per replica, Search and Api never
+# got scheduled there). A Serve config's `ray_actor_options` overrides them.
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class Embedder:
     """The embedding model; concurrent calls are batched by input count, up to `max_batch_size` inputs."""
 
@@ -111,7 +118,7 @@ class Embedder:
         return await asyncio.to_thread(embed_chunks, self.model, chunks)
 
 
-@serve.deployment(max_ongoing_requests=32)
+@serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.5})
 class Reranker:
     """The reranker (`maple.models.reranker`): `score(query, candidates)` for each batched (query, candidates)."""
 
@@ -133,29 +140,32 @@ class Reranker:
         return await asyncio.to_thread(score_each, self.model, requests)
 
 
-@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
 class Search:
-    """The corpus index of jobs/index.py: ids, cosine scores, payloads (and content to rerank)."""
+    """The corpus indexes of jobs/index.py, one per modality: ids, cosine scores, payloads (and content to rerank,
+    documents to show)."""
 
-    def __init__(self, path: str | None):
-        from maple.serving.search_index import SearchIndex
+    def __init__(self, folders: list[str]):
+        from maple.serving.search_index import load_indexes
 
-        self.index = SearchIndex.load(path) if path else None
+        self.indexes = load_indexes(folders)
 
-    def info(self) -> dict | None:
-        return None if self.index is None else dict(self.index.manifest, size=self.index.size)
+    def info(self) -> dict[str, dict]:
+        """modality -> the index's manifest and size; empty without an index."""
+        return {modality: dict(index.manifest, size=index.size) for modality, index in self.indexes.items()}
 
-    async def search(self, query: np.ndarray, k: int, with_content: bool) -> list[dict]:
+    async def search(self, modality: str, query: np.ndarray, k: int, with_content: bool,
+                     with_documents: bool = False) -> list[dict]:
         from maple.data.images import decode_image
 
-        hits = await asyncio.to_thread(self.index.search, query, k, with_content)
+        hits = await asyncio.to_thread(self.indexes[modality].search, query, k, with_content, with_documents)
         for hit in hits:
             if isinstance(hit.get("content"), bytes):
                 hit["content"] = decode_image(hit["content"])
         return hits
 
 
-@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class Api:
     """The HTTP ingress: checks requests (maple.serving.inputs), then composes the deployments."""
@@ -172,11 +182,12 @@ class Api:
         self.embedder, self.reranker, self.search_index = embedder, reranker, search
         self.embedder_card, self.reranker_card, self.index_info = await asyncio.gather(
             embedder.model_card.remote(), reranker.model_card.remote(), search.info.remote())
-        if self.index_info and self.index_info["dim"] != self.embedder_card.dimensions:
-            raise ValueError(f"index {self.cfg.index} holds {self.index_info['dim']}-d vectors of "
-                             f"{self.index_info.get('embedder')!r} but the served embedder "
-                             f"{self.embedder_card.source!r} gives {self.embedder_card.dimensions}-d: rebuild the "
-                             "index with this embedder (python -m jobs.index serve.embedder=...)")
+        for modality, info in self.index_info.items():
+            if info["dim"] != self.embedder_card.dimensions:
+                raise ValueError(f"the {modality} index of {self.cfg.index} holds {info['dim']}-d vectors of "
+                                 f"{info.get('embedder')!r} but the served embedder {self.embedder_card.source!r} "
+                                 f"gives {self.embedder_card.dimensions}-d: rebuild the index with this embedder "
+                                 "(python -m jobs.index serve.embedder=...)")
 
     # --- helpers -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -201,10 +212,17 @@ class Api:
         return scores
 
     # --- routes --------------------------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def page(self) -> HTMLResponse:
+        """The search page (maple/serving/page.py); served without a key, its requests carry the key."""
+        html, headers = search_page()
+        return HTMLResponse(html, headers=headers)
+
     @app.get("/health")
     def health(self) -> dict:
+        sizes = {modality: info["size"] for modality, info in self.index_info.items()}
         return {"status": "ok", "embedder": self.embedder_card.id, "reranker": self.reranker_card.id,
-                "index_size": self.index_info["size"] if self.index_info else 0}
+                "index_size": sum(sizes.values()), "indexes": sizes}
 
     @app.get("/v1/models")
     def models(self) -> ModelList:
@@ -249,10 +267,12 @@ class Api:
             raise ApiError(422, f"top_k={body.top_k} exceeds the limit {self.cfg.max_top_k} (serve.max_top_k)",
                            "top_k_too_large", "top_k")
         query = parse_input(body.query, self.limits, "query")
+        modality = index_for(self.index_info, body.modality, query.kind)
         depth = max(body.top_k, self.cfg.rerank_depth) if body.rerank else body.top_k
         async with decoded([query], self.limits, self.pixels) as (query_content,):
             vectors, _ = await self._embed([query_content], param="query")
-            hits = await self.search_index.search.remote(vectors[0], depth, body.rerank)
+            hits = await self.search_index.search.remote(modality, vectors[0], depth, body.rerank,
+                                                         body.return_documents)
             if body.rerank and hits:
                 scores = await self._rerank(query_content, [h.pop("content") for h in hits])
                 for hit, score in zip(hits, scores):
@@ -261,7 +281,7 @@ class Api:
         return SearchResponse(data=[SearchHit(**h) for h in hits[:body.top_k]], model=self.embedder_card.id,
                               model_version=self.embedder_card.version,
                               reranker=f"{self.reranker_card.id}:{self.reranker_card.version}" if body.rerank
-                              else None, index_size=self.index_info["size"])
+                              else None, modality=modality, index_size=self.index_info[modality]["size"])
 
 
 def build_app(args: dict | None = None) -> Application:
@@ -284,7 +304,7 @@ def build_app(args: dict | None = None) -> Application:
                              cfg.batch_wait_timeout_s)
     reranker = Reranker.bind(cfg.reranker, cfg.device, cfg.mlflow_tracking_uri, cfg.rerank_max_batch_size,
                              cfg.batch_wait_timeout_s)
-    return Api.bind(embedder, reranker, Search.bind(cfg.index), cfg.model_dump(), digest)
+    return Api.bind(embedder, reranker, Search.bind(cfg.index_folders), cfg.model_dump(), digest)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -309,29 +329,48 @@ def check_exposure(host: str, has_key: bool, insecure: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`maple serve [--insecure] --config recipe.yaml serve.embedder=...`: the application on this machine's Ray,
-    blocking. `--insecure` is `serve.insecure=true`."""
+    """`maple serve [--insecure] [--open] --config recipe.yaml serve.embedder=...`: the application on this
+    machine's Ray, blocking. `--insecure` is `serve.insecure=true`; `--open` opens the search page in a browser
+    where there is a display."""
     from maple.runtime import init_ray, parse_config
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    insecure = "--insecure" in argv
-    cfg = parse_config([a for a in argv if a != "--insecure"],
-                       "Serve embeddings, reranking and search over HTTP (Ray Serve). --insecure: serve beyond "
-                       "loopback without MAPLE_API_KEY.")
+    insecure, open_page = "--insecure" in argv, "--open" in argv
+    cfg = parse_config([a for a in argv if a not in ("--insecure", "--open")],
+                       "Serve embeddings, reranking and search over HTTP (Ray Serve), and the search page at /. "
+                       "--insecure: serve beyond loopback without MAPLE_API_KEY. --open: open the search page in "
+                       "a browser (where there is a display).")
     cfg.serve.insecure = cfg.serve.insecure or insecure
     check_exposure(cfg.serve.host, bool(os.environ.get("MAPLE_API_KEY")), cfg.serve.insecure)
     check_port_free(cfg.serve.host, cfg.serve.port)
     init_ray(cfg.run)
-    serve_blocking(cfg)
+    serve_blocking(cfg, open_page)
 
 
-def serve_blocking(cfg) -> None:
+def page_url(host: str, port: int) -> str:
+    """The search page's address for a browser on this machine (a wildcard host is reached on loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def has_display() -> bool:
+    """A browser can open a window here: macOS or Windows, or an X11 / Wayland display."""
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def serve_blocking(cfg, open_page: bool = False) -> None:
     """Deploy the application on the connected Ray and block until Ctrl-C (`maple serve`, `maple demo --serve`);
-    `main` has checked the host (`check_exposure`)."""
+    `main` has checked the host (`check_exposure`). `open_page`: open the search page where there is a display
+    (headless, the address printed is all)."""
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(build_app(cfg.serve.model_dump()), name="maple", route_prefix="/")
-    print(f"maple is serving on http://{cfg.serve.host}:{cfg.serve.port} (docs/serving.md); Ctrl-C stops it",
-          flush=True)
+    url = page_url(cfg.serve.host, cfg.serve.port)
+    print(f"maple is serving on {url.rstrip('/')} (docs/serving.md); Ctrl-C stops it\n"
+          f"search page: {url}", flush=True)
+    if open_page and has_display():
+        import webbrowser
+
+        webbrowser.open(url)  # returns False when no browser can be started; the address is printed anyway
     try:
         asyncio.run(asyncio.Event().wait())
     except KeyboardInterrupt:

@@ -222,6 +222,12 @@ def decode_image_b64(text: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_sid
                         max_aspect_ratio=max_aspect_ratio)
 
 
+def to_data_url(data: bytes) -> str:
+    """Encoded image bytes -> `data:image/<format>;base64,...`, the form browsers show and `b64_to_bytes` reads
+    back; ImageError for bytes that are not an accepted image."""
+    return f"data:image/{image_format(data)};base64,{base64.b64encode(data).decode('ascii')}"
+
+
 def encode_image(img: Image.Image, format: str = "png") -> bytes:  # noqa: A002 - mirrors PIL's argument name
     """An image -> encoded bytes ("png" lossless; "jpeg" at quality 95; "webp" lossless)."""
     fmt = format.lower()

@@ -4,7 +4,8 @@
   `{"text": ...}` and `{"image": data URL | base64 | URL}` items as Jina's multimodal API does;
 - `POST /v1/rerank`: Cohere's / Jina's (`query`, `documents`, `top_n`, `return_documents` → `results[index,
   relevance_score, document]`);
-- `POST /v1/search`: maple's own (retrieve from the served index, optionally rerank);
+- `POST /v1/search`: maple's own (retrieve from a served index, optionally rerank, optionally return the
+  documents found so that a client can show them);
 - `GET /v1/models`: OpenAI's model list.
 
 Unknown top-level request fields are ignored, as the services these mimic do (clients send `user`, `task`, ...);
@@ -14,6 +15,7 @@ the inputs themselves are checked strictly by `maple.serving.inputs`.
 from __future__ import annotations
 
 import base64
+from collections.abc import Collection
 from typing import Any, Literal
 
 import numpy as np
@@ -55,6 +57,12 @@ class SearchRequest(Request):
     query: Any  # str | {"text": str} | {"image": str}
     top_k: int = Field(default=10, ge=1)
     rerank: bool = False
+    # which served index to search: "image" (pictures) or "text" (captions); None: the only one, else the one of
+    # the other modality than the query (index_for)
+    modality: Literal["image", "text"] | None = None
+    # each hit's document as {"text": str} or {"image": data URL} (the shape of rerank's `document`); off by
+    # default: image documents make the response as large as the pictures
+    return_documents: bool = False
 
 
 # --- responses -------------------------------------------------------------------------------------------------
@@ -101,6 +109,7 @@ class SearchHit(Response):
     score: float  # cosine similarity of query and candidate embeddings
     rerank_score: float | None = None  # the reranker's relevance when the request asked for rerank
     payload: dict[str, Any]
+    document: dict[str, str] | None = None  # {"text": ...} or {"image": data URL}, when return_documents
 
 
 class SearchResponse(Response):
@@ -109,7 +118,8 @@ class SearchResponse(Response):
     model: str
     model_version: str
     reranker: str | None = None  # "name:version" of the reranker when rerank was applied
-    index_size: int
+    modality: Literal["image", "text"]  # what the searched index holds
+    index_size: int  # documents in the searched index
 
 
 class ModelCard(Response):
@@ -128,6 +138,23 @@ class ModelCard(Response):
 class ModelList(Response):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# --- search ----------------------------------------------------------------------------------------------------
+
+
+def index_for(served: Collection[str], requested: str | None, query_kind: str) -> str:
+    """The modality whose index answers a search: the one `requested`; else the only one served; else the other
+    modality than the query's (a text finds images, an image finds captions: cross-modal retrieval, what the
+    embedder is trained for). ApiError 404 when the requested modality has no index here."""
+    if requested is not None:
+        if requested not in served:
+            raise ApiError(404, f"modality={requested!r}: this server has no {requested} index; it indexes "
+                                f"{sorted(served)}", "index_not_found", "modality")
+        return requested
+    if len(served) == 1:
+        return next(iter(served))
+    return "text" if query_kind == "image" else "image"
 
 
 # --- vector encodings ------------------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ class ServeConfig(Section):
     insecure: bool = False
     embedder: str | None = None
     reranker: str | None = None
-    index: str | None = None  # a folder written by jobs/index.py; None: /v1/search answers 503
+    # a folder written by jobs/index.py, or a list of them with at most one per modality (an image index and a
+    # caption index: a text query then finds images, an image query captions); None: /v1/search answers 503
+    index: str | list[str] | None = None
     device: str | None = None  # None: cuda when the replica has a GPU, else cpu
     mlflow_tracking_uri: str | None = None  # for models:/ specs; None: MLFLOW_TRACKING_URI of the replicas
     # batching (@serve.batch); max_batch_size 1 turns batching off (bench/serve_load.py compares the two)
@@ -45,6 +47,11 @@ class ServeConfig(Section):
     corpus: str | None = None  # Parquet pairs (PAIRS_SCHEMA); None: <run.output_dir>/world/test
     corpus_modality: Literal["image", "text"] = "image"
     index_kind: Literal["auto", "exact", "ivf", "hnsw"] = "auto"
+
+    @property
+    def index_folders(self) -> list[str]:
+        """`index` as a list: the folders the server loads (one per modality)."""
+        return [] if self.index is None else [self.index] if isinstance(self.index, str) else list(self.index)
 
     @model_validator(mode="after")
     def _pixel_limits_nest(self):

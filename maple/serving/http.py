@@ -22,7 +22,9 @@ from maple.serving.errors import ApiError, error_body
 from maple.serving.inputs import check_bearer
 
 logger = logging.getLogger(__name__)
-OPEN_PATHS = ("/health",)  # liveness probes need no key
+# Liveness probes need no key, nor does the search page: it is static, and a browser cannot put a bearer token on a
+# navigation; the API calls it makes carry the key typed into it.
+OPEN_PATHS = ("/health", "/")
 
 
 def check_port_free(host: str, port: int) -> None:

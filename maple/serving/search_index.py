@@ -5,6 +5,9 @@ Layout (one folder):
 - `documents.parquet` (DOCUMENTS_SCHEMA): row i is the candidate at index position i — its id, its content (the
   text, or the encoded image the reranker needs) and its payload (JSON of the corpus row's other fields);
 - `manifest.json`: the embedder that produced the vectors (spec, id, version), modality, size, corpus.
+
+A server may hold one index per modality (`serve.index: [images, captions]`, `load_indexes`); which one answers a
+search is `maple.serving.api.index_for`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from maple.data.images import to_data_url
 from maple.data.schema import DOCUMENTS_SCHEMA
 from maple.retrieval.index import VectorIndex
 
@@ -59,11 +63,17 @@ class SearchIndex:
     def size(self) -> int:
         return self.index.ntotal
 
-    def search(self, query: np.ndarray, k: int, with_content: bool = False) -> list[dict[str, Any]]:
+    @property
+    def modality(self) -> str:
+        return self.manifest.get("modality", "image")
+
+    def search(self, query: np.ndarray, k: int, with_content: bool = False,
+               with_documents: bool = False) -> list[dict[str, Any]]:
         """The k nearest candidates of one query, best first.
 
         query: (D,) float32, L2-normalised. Returns [{"id", "score", "payload"}] (+ "content": the text or the
-        encoded image bytes, when `with_content`, for reranking).
+        encoded image bytes, when `with_content`, for reranking; + "document": {"text": str} or {"image": data URL},
+        when `with_documents`, for clients to show).
         """
         scores, positions = self.index.search(np.asarray(query, np.float32)[None, :], k)
         hits = []
@@ -71,8 +81,26 @@ class SearchIndex:
             if pos < 0:
                 continue
             hit = {"id": self.index.ids[pos], "score": float(score), "payload": self.payloads[pos]}
-            if with_content:
+            if with_content or with_documents:
                 text = self.documents.column("text")[pos].as_py()
-                hit["content"] = text if text is not None else self.documents.column("image")[pos].as_py()
+                content = text if text is not None else self.documents.column("image")[pos].as_py()
+                if with_content:
+                    hit["content"] = content
+                if with_documents:
+                    hit["document"] = {"text": content} if text is not None else {"image": to_data_url(content)}
             hits.append(hit)
         return hits
+
+
+def load_indexes(folders: list[str]) -> dict[str, SearchIndex]:
+    """The served indexes by modality ("image", "text"); ValueError when two folders index the same modality."""
+    indexes: dict[str, SearchIndex] = {}
+    folder_of: dict[str, str] = {}
+    for folder in folders:
+        index = SearchIndex.load(folder)
+        if index.modality in indexes:
+            raise ValueError(f"serve.index: {folder_of[index.modality]} and {folder} both index {index.modality}s; "
+                             "serve at most one index per modality (jobs/index.py, serve.corpus_modality)")
+        indexes[index.modality], folder_of[index.modality] = index, str(folder)
+    return indexes
+

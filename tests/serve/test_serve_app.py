@@ -1,13 +1,11 @@
-"""The Serve application end to end on 127.0.0.1: the embedder from the MLflow registry, the reranker from a
-checkpoint directory, the index from jobs/index.py, bearer auth on. Every answer is compared with the same model
-run directly in the test process."""
+"""The Serve application end to end on 127.0.0.1 (the folder's shared `server`, tests/serve/conftest.py): the
+embedder from the MLflow registry, the reranker from a checkpoint directory, an image and a caption index from
+jobs/index.py, bearer auth on. Every answer is compared with the same model run directly in the test process."""
 
 from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -21,38 +19,7 @@ from PIL import Image
 
 from maple.data.images import decode_image, encode_image
 from maple.models.families import load_embedder, load_reranker
-from tests.fixtures.serve import REGISTERED_NAME
-
-KEY = "test-key"
-LIMITS = dict(max_inputs=8, max_text_chars=200, max_image_pixels=128 * 128, max_body_bytes=200_000, max_top_k=20,
-              rerank_depth=10, max_request_pixels=3 * 128 * 128, max_replica_pixels=6 * 128 * 128,
-              pixel_budget_wait_s=120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(ray_local, registered_embedder, reranker_dir, built_index, mlflow_uri):
-    from ray import serve
-
-    from serve.app import build_app
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    previous = os.environ.get("MAPLE_API_KEY")
-    os.environ["MAPLE_API_KEY"] = KEY  # read where the application is built
-    try:
-        app = build_app(dict(LIMITS, embedder=registered_embedder, reranker=str(reranker_dir),
-                             index=built_index["path"], mlflow_tracking_uri=mlflow_uri))
-    finally:
-        os.environ.pop("MAPLE_API_KEY") if previous is None else os.environ.update(MAPLE_API_KEY=previous)
-    serve.run(app, name="maple", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+from tests.fixtures.serve import KEY, LIMITS, REGISTERED_NAME
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +119,41 @@ def test_rerank_takes_image_documents(server, reranker, corpus):
 
 def test_search_by_a_corpus_image_finds_it_first_with_cosine_one(server, corpus):
     (row_id, png), = corpus_images(corpus, 1)
-    body = post(server, "/v1/search", {"query": {"image": data_url(decode_image(png))}, "top_k": 5}).json()
+    body = post(server, "/v1/search", {"query": {"image": data_url(decode_image(png))}, "top_k": 5,
+                                       "modality": "image"}).json()
     assert body["data"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert row_id in [h["id"] for h in body["data"] if h["score"] > 1 - 1e-4]
-    assert body["index_size"] == 48 and body["reranker"] is None
+    assert body["index_size"] == 48 and body["reranker"] is None and body["modality"] == "image"
     assert "captions" in body["data"][0]["payload"]
+    assert body["data"][0]["document"] is None  # documents only when asked for
+
+
+def test_search_returns_each_hits_document_when_asked(server, corpus):
+    rows = {r["id"]: r for p in sorted(corpus.glob("*.parquet")) for r in pq.read_table(p).to_pylist()}
+    images = post(server, "/v1/search", {"query": TEXTS[0], "top_k": 3, "return_documents": True}).json()
+    assert images["modality"] == "image"
+    for hit in images["data"]:  # the indexed bytes themselves, as a data URL a browser shows
+        assert hit["document"]["image"] == "data:image/png;base64," + base64.b64encode(rows[hit["id"]]["image"]
+                                                                                        ).decode()
+    captions = post(server, "/v1/search", {"query": TEXTS[0], "top_k": 3, "modality": "text",
+                                           "return_documents": True}).json()
+    for hit in captions["data"]:
+        pair, k = hit["id"].split("#")
+        assert hit["document"] == {"text": rows[pair]["captions"][int(k)]}
+
+
+def test_with_both_indexes_a_text_finds_images_and_an_image_finds_captions(server, embedder, corpus):
+    (_, png), = corpus_images(corpus, 1)
+    by_text = post(server, "/v1/search", {"query": TEXTS[0], "top_k": 3}).json()
+    by_image = post(server, "/v1/search", {"query": {"image": data_url(decode_image(png))}, "top_k": 3}).json()
+    assert (by_text["modality"], by_image["modality"]) == ("image", "text")
+    # every row's captions, the one whose image is broken too: a caption index reads no image
+    texts = [c for p in sorted(corpus.glob("*.parquet"))
+             for row in pq.read_table(p, columns=["captions"]).column("captions").to_pylist() for c in row]
+    cosines = embedder.encode_texts(texts).numpy() @ embedder.encode_images([decode_image(png)]).numpy()[0]
+    np.testing.assert_allclose([h["score"] for h in by_image["data"]], sorted(cosines, reverse=True)[:3], atol=1e-4)
+    assert by_image["index_size"] == len(texts)
+    assert requests.get(f"{server}/health", timeout=30).json()["indexes"] == {"image": 48, "text": len(texts)}
 
 
 def test_search_scores_are_the_brute_force_top_k(server, embedder, corpus):
@@ -223,6 +220,7 @@ ERRORS = [
     ("/v1/search", {"query": "x", "top_k": 21}, 422, "top_k_too_large"),
     ("/v1/search", {"query": "x", "top_k": 0}, 422, "invalid_request"),
     ("/v1/search", {"query": 5}, 422, "invalid_input"),
+    ("/v1/search", {"query": "x", "modality": "audio"}, 422, "invalid_request"),
 ]
 
 
@@ -247,6 +245,15 @@ def test_requests_without_the_key_are_401(server, key):
 
 def test_health_answers_without_a_key(server):
     assert requests.get(f"{server}/health", timeout=30).json()["status"] == "ok"
+
+
+def test_the_search_page_needs_no_key_and_admits_only_its_own_script(server):
+    """A browser cannot put a bearer token on a navigation: the page is open, the API it calls is not."""
+    page = requests.get(f"{server}/", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'sha256-" in policy and "unsafe-inline" not in policy and "connect-src 'self'" in policy
+    assert requests.post(f"{server}/v1/search", json={"query": "x"}, timeout=30).status_code == 401
 
 
 def test_unknown_routes_are_404_with_an_error_body(server):

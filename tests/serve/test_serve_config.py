@@ -88,6 +88,13 @@ def test_the_demo_config_fits_a_two_core_machine():
     assert total <= 2
 
 
+def test_the_applications_own_deployments_fit_a_two_core_machine():
+    """`maple serve` and `maple demo --serve` deploy without serve/config.yaml, on a local Ray of the machine's CPUs."""
+    from serve.app import Api, Embedder, Reranker, Search
+
+    assert sum(d.ray_actor_options["num_cpus"] for d in (Api, Embedder, Reranker, Search)) <= 2
+
+
 def test_build_app_names_an_unknown_argument():
     from serve.app import build_app
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from maple.serving.api import EmbeddingRequest, encode_embedding, truncate_dimensions
+from maple.serving.api import EmbeddingRequest, SearchRequest, encode_embedding, index_for, truncate_dimensions
 from maple.serving.errors import ApiError
 from maple.serving.http import GuardSettings, RequestGuard, install_error_handlers
 from maple.serving.inputs import key_digest
@@ -54,6 +54,25 @@ def test_dimensions_above_the_embedding_size_are_422():
 def test_unknown_top_level_fields_are_ignored_like_the_services_mimicked():
     assert EmbeddingRequest.model_validate({"input": "a", "user": "u1", "task": "x"}).input == "a"
 
+
+
+@pytest.mark.parametrize("served,requested,query,expected", [
+    ({"image"}, None, "text", "image"), ({"image"}, None, "image", "image"),  # one index answers every query
+    ({"image", "text"}, None, "text", "image"), ({"image", "text"}, None, "image", "text"),  # cross-modal
+    ({"image", "text"}, "image", "image", "image"), ({"image", "text"}, "text", "text", "text"),  # as asked
+])
+def test_index_for_picks_the_asked_the_only_or_the_other_modality(served, requested, query, expected):
+    assert index_for(served, requested, query) == expected
+
+
+def test_index_for_a_modality_not_served_is_404_naming_what_is():
+    with pytest.raises(ApiError, match=r"no text index; it indexes \['image'\]") as info:
+        index_for({"image"}, "text", "image")
+    assert (info.value.status, info.value.code, info.value.param) == (404, "index_not_found", "modality")
+
+
+def test_search_requests_return_no_documents_unless_asked():
+    assert SearchRequest.model_validate({"query": "a"}).return_documents is False
 
 @pytest.fixture
 def client():
