@@ -14,6 +14,7 @@ from maple.section import SetupError
 # subcommand -> (jobs module, one-line help)
 COMMANDS = {
     "data synth": ("jobs.synth", "write the synthetic world as Parquet shards"),
+    "data import": ("jobs.import_data", "your pairs (images + captions, COCO, WebDataset, Parquet) as Parquet splits"),
     "eval": ("jobs.evaluate", "evaluate an embedder: recall@K, compositional accuracy, modality gap"),
     "mine": ("jobs.mine", "embed, retrieve, judge and mine hard negatives, soft labels and rankings"),
     "train-reranker": ("jobs.train_reranker", "train a reranker (UniME-V2 pairwise + listwise) on mined data"),

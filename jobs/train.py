@@ -4,9 +4,10 @@
 `ray job submit --address http://HEAD:8265 -- python -m jobs.train --config configs/train.yaml ...`.
 
 Input (train.input): the mining job's judged Parquet, or plain pairs for the InfoNCE baseline; by default
-<run.output_dir>/mined when it exists, else <run.output_dir>/world/train. Val recall is computed on train.val_input
-(default <run.output_dir>/world/val). Re-running with the same run.name resumes from the last checkpoint and logs to
-the same MLflow run. Prints the exported model directory and its MLflow registry URI as JSON.
+<mine.output>/judged (mine.output: <run.output_dir>/mined) when it exists, else <run.output_dir>/world/train. Val
+recall is computed on train.val_input (default <run.output_dir>/world/val). Re-running with the same run.name
+resumes from the last checkpoint and logs to the same MLflow run. Prints the exported model directory and its MLflow
+registry URI as JSON.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from maple.train.loop import check_config
 def input_paths(cfg: Config) -> dict[str, str]:
     """{"train": path, "val": path (when there is one)} from the config and the run's folder conventions."""
     out = Path(cfg.run.output_dir)
-    train = cfg.train.input or str(out / "mined" if (out / "mined").exists() else out / "world" / "train")
+    judged = Path(cfg.mine.output or out / "mined") / "judged"  # where the mining job writes its rows
+    train = cfg.train.input or str(judged if judged.exists() else out / "world" / "train")
     paths = {"train": train}
     val = cfg.train.val_input or (str(out / "world" / "val") if (out / "world" / "val").exists() else None)
     if val:

@@ -1,5 +1,7 @@
 from typing import Literal
 
+from pydantic import Field, model_validator
+
 from maple.section import Section
 
 
@@ -24,12 +26,26 @@ class WorldConfig(Section):
 
 
 class DataConfig(Section):
-    """Where pairs come from and how they are validated."""
+    """Where pairs come from, how they are validated, and how `maple data import` splits them."""
 
-    format: Literal["synthetic", "parquet", "webdataset", "coco"] = "synthetic"
-    path: str | None = None  # a folder or glob of shards; for coco the captions JSON
-    image_root: str | None = None  # coco: the folder the JSON's file names are relative to
+    format: Literal["synthetic", "parquet", "webdataset", "coco", "imagefolder"] = "synthetic"
+    # a folder or glob of shards; coco: the captions JSON; imagefolder: the captions file (.csv, .tsv, .jsonl) or
+    # the image folder holding metadata.csv / metadata.jsonl (maple.data.imagefolder)
+    path: str | None = None
+    image_root: str | None = None  # coco, imagefolder: the folder the file names are relative to; None: the file's
     max_image_pixels: int = 64_000_000
     min_image_side: int = 8
     max_aspect_ratio: float = 20.0
     max_caption_chars: int = 2000
+    # `maple data import` (jobs/import_data.py): the good pairs as Parquet splits under <run.output_dir>/world
+    split: Literal["auto", "train", "val", "test"] = "auto"  # auto: each pair's split from a hash of its id
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # auto only
+    test_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # auto only
+    shard_rows: int = Field(1000, ge=1)  # pairs per Parquet shard: mining's unit of work and of resume
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_train_split(self):
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"data.val_fraction ({self.val_fraction}) + data.test_fraction ({self.test_fraction}) "
+                             "must leave pairs for training (sum below 1)")
+        return self

@@ -39,7 +39,9 @@ def evaluate_many(evaluation: EvalConfig, world_dir: str | Path, models: dict[st
                   reranker_cfg: RerankerConfig | None = None) -> dict[str, dict[str, float]]:
     """Evaluate several embedders on the same splits in one Ray Data pass.
 
-    models: name -> a saved embedder directory. world_dir: the folder with the `test` and `compositional` splits.
+    models: name -> a saved embedder directory. world_dir: the folder with the `test` and `compositional` splits
+    (`val` and `compositional_val` for eval.split=val); a folder without the compositional split (your own pairs,
+    `maple data import`) gets the retrieval metrics only.
     With `out_root`, each model's `metrics.json`, `report.md` and `similarities.npz` (matched and unmatched test-set
     similarities, for histograms) are written to `<out_root>/<name>/`. With a `reranker` directory, each model's
     report also holds the retrieve-then-rerank metrics (`rerank_*`, UniME-V2's two modes; `reranker_cfg.pick_best_of`
@@ -54,22 +56,26 @@ def evaluate_many(evaluation: EvalConfig, world_dir: str | Path, models: dict[st
     if bad.any():
         raise ValueError(f"{world / pairs_split}: {int(bad.sum())} images do not decode (first id "
                          f"{test['id'][bad].iloc[0]}); validate the split first")
-    comp = embed_table(world / comp_split, models, evaluation.batch_size,
-                       image_columns=("image", "negative_image"), text_columns=("caption", "negative_caption"))
+    comp = None
+    if (world / comp_split).exists():  # the synthetic world's; imported pairs have none
+        comp = embed_table(world / comp_split, models, evaluation.batch_size,
+                           image_columns=("image", "negative_image"), text_columns=("caption", "negative_caption"))
     results = {}
     for name in models:
         captions = list(test[f"{name}/captions_emb"])
         text_image_ids = [i for i, caps in zip(test["id"], captions) for _ in range(len(caps))]
         image_emb, text_emb = np.stack(test[f"{name}/image_emb"]), np.concatenate(captions)
         metrics = retrieval_report(list(test["id"]), image_emb, text_image_ids, text_emb, evaluation.recall_ks)
-        metrics.update(compositional_report(
-            list(comp["negative_type"]), comp["held_out"].to_numpy(), np.stack(comp[f"{name}/image_emb"]),
-            np.stack(comp[f"{name}/caption_emb"]), np.stack(comp[f"{name}/negative_caption_emb"]),
-            np.stack(comp[f"{name}/negative_image_emb"])))
+        if comp is not None:
+            metrics.update(compositional_report(
+                list(comp["negative_type"]), comp["held_out"].to_numpy(), np.stack(comp[f"{name}/image_emb"]),
+                np.stack(comp[f"{name}/caption_emb"]), np.stack(comp[f"{name}/negative_caption_emb"]),
+                np.stack(comp[f"{name}/negative_image_emb"])))
         if reranker:
             view = lambda frame: frame.rename(columns={c: c.split("/", 1)[1] for c in frame.columns  # noqa: E731
                                                        if c.startswith(f"{name}/")})
-            metrics.update(evaluate_with_reranker(reranker, world, view(test), view(comp), evaluation.recall_ks,
+            metrics.update(evaluate_with_reranker(reranker, world, view(test), None if comp is None else view(comp),
+                                                  evaluation.recall_ks,
                                                   evaluation.rerank_top_k, reranker_cfg.pick_best_of, reranker_cfg,
                                                   splits=(pairs_split, comp_split)))
         results[name] = metrics
@@ -93,8 +99,9 @@ def evaluate_with_reranker(reranker_dir: str, world_dir: str | Path, test, comp,
 
     reranker_dir: a saved reranker directory. world_dir: the folder with the `test` and `compositional` Parquet
     splits. test, comp: the frames `embed_table` returned for them (ids in split order, with `image_emb`,
-    `captions_emb` / `caption_emb`); the images are read again here from the Parquet by id, since those frames drop
-    the bytes. reranker_cfg: the `reranker` config section, used where the directory is a plain checkpoint.
+    `captions_emb` / `caption_emb`; comp None: no compositional split); the images are read again here from the
+    Parquet by id, since those frames drop the bytes. reranker_cfg: the `reranker` config section, used where the
+    directory is a plain checkpoint.
     """
     reranker = load_reranker(reranker_dir, reranker_cfg)
     world_dir = Path(world_dir)
@@ -110,6 +117,8 @@ def evaluate_with_reranker(reranker_dir: str, world_dir: str | Path, test, comp,
     out = rerank_report(reranker.score, [test_images[i] for i in ids], np.stack(test["image_emb"]), captions,
                         text_to_image, np.concatenate([np.stack(list(e)) for e in test["captions_emb"]]), ks,
                         top_k_size, m)
+    if comp is None:
+        return out
     comp_images, comp_negatives = images_by_id(splits[1], "image"), images_by_id(splits[1], "negative_image")
     cids = list(comp["id"])
     out.update(compositional_rerank_report(

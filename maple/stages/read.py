@@ -1,21 +1,24 @@
-"""Readers: image-text pairs from Parquet, WebDataset tar shards, a COCO-style captions JSON or the synthetic world,
-streamed into Ray Datasets of raw rows, then split into good and quarantined rows by `validated`.
+"""Readers: image-text pairs from Parquet, WebDataset tar shards, a COCO-style captions JSON, a folder of images with
+a captions file (CSV / TSV / JSON Lines, Hugging Face's `imagefolder` layout) or the synthetic world, streamed into Ray
+Datasets of raw rows, then split into good and quarantined rows by `validated`.
 
 Every reader returns the same raw columns (`maple.data.raw.RAW_SCHEMA`): `id`, `image` (encoded bytes), `captions`,
 `source`, `annotation`, and `_quarantine_reason` / `_quarantine_detail`, set where the reader already knows a row is
-unusable (a COCO image file that does not exist, a WebDataset JSON that does not parse, a Parquet string that is not
-UTF-8) or for the part of a file it could not read at all (one entry naming the file). Rows in = rows kept + rows
-quarantined, whatever the input; no bad shard stops the read of the others.
+unusable (a COCO or image-folder image file that does not exist, a WebDataset JSON that does not parse, a Parquet
+string that is not UTF-8, a captions-file line that does not parse) or for the part of a file it could not read at
+all (one entry naming the file). Rows in = rows kept + rows quarantined, whatever the input; no bad shard stops the
+read of the others.
 
 Each shard is read by one function of one file (`maple.data.parquet_pairs`, `maple.data.webdataset`), mapped here
 over the list of shards: one read task per file, so a shard's problems stay that shard's, and neither the blocks nor
 the rows depend on the cluster's CPU count (Ray's own `read_webdataset` builds blocks through pandas, whose NaN for a
 missing member depended on how many samples shared a block). Nothing is decoded on the driver; image bytes are read
-by the read tasks (Parquet, WebDataset) or by a map stage (COCO), never collected.
+by the read tasks (Parquet, WebDataset) or by a map stage (COCO, image folder), never collected.
 
 Usage:
     raw = read_pairs(cfg.data)
     good, quarantine = validated(raw, cfg.data, stage="pairs")
+    import_pairs(cfg.data, out)  # maple data import: the good pairs as train/val/test Parquet splits + quarantine
 """
 
 from __future__ import annotations
@@ -32,13 +35,17 @@ import ray.data
 
 from maple.data.coco import COCO_ITEMS_SCHEMA, check_image_root, coco_rows, read_image_files
 from maple.data.config import DataConfig
+from maple.data.imagefolder import find_captions_file, imagefolder_rows
 from maple.data.parquet_pairs import read_parquet_shard
-from maple.data.raw import RAW_SCHEMA
+from maple.data.raw import RAW_SCHEMA, UNREADABLE_SHARD
 from maple.data.schema import PAIRS_SCHEMA, QUARANTINE_SCHEMA
-from maple.data.validate import READER_REASON, validate_pairs
+from maple.data.splits import SPLITS, SplitWriter, split_of
+from maple.data.validate import READER_DETAIL, READER_REASON, validate_pairs
 from maple.data.webdataset import read_webdataset_shard
+from maple.section import SetupError
 
-__all__ = ["RAW_SCHEMA", "read_pairs", "read_parquet_pairs", "read_webdataset_pairs", "read_coco_pairs", "validated"]
+__all__ = ["RAW_SCHEMA", "import_pairs", "read_coco_pairs", "read_imagefolder_pairs", "read_pairs",
+           "read_parquet_pairs", "read_webdataset_pairs", "validated"]
 
 
 # --- files --------------------------------------------------------------------------------------------------------
@@ -120,6 +127,35 @@ def read_coco_pairs(captions_json: str | None, image_root: str | None) -> ray.da
         raise FileNotFoundError(f"data.image_root={image_root!r} is not a folder")
     rows = coco_rows(captions_json)
     check_image_root(rows, fs, root)
+    return _read_image_files(rows, fs, root)
+
+
+def read_imagefolder_pairs(path: str | None, image_root: str | None) -> ray.data.Dataset:
+    """A folder of images and its captions file (`data.path`: the .csv / .tsv / .jsonl, or the folder holding
+    `metadata.jsonl` / `metadata.csv`) -> raw rows (id = the `id` column, else the file name; source = the captions
+    file). The file is parsed on the driver (`maple.data.imagefolder`); image bytes are read by a map stage.
+    `image_root` defaults to the captions file's folder."""
+    if not path:
+        raise ValueError("data.path is not set: name the captions file (.csv, .tsv or .jsonl) or the image folder "
+                         "that holds metadata.csv / metadata.jsonl")
+    captions = find_captions_file(path)
+    image_root = image_root or str(captions.parent)
+    fs, root = _filesystem(image_root)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"data.image_root={image_root!r} is not a folder")
+    rows = imagefolder_rows(captions)
+    unread = [r for r in rows if r[READER_REASON] == UNREADABLE_SHARD]
+    if unread:  # the whole file: every row would be quarantined, so say what to fix now
+        raise SetupError(f"data.path={path}: {unread[0][READER_DETAIL]}")
+    if rows and all(r[READER_REASON] == "missing_field:file_name" for r in rows):
+        raise SetupError(f"data.path={path}: no line names an image; its JSON lines need a file name key "
+                         "(file_name, filename, image or path) relative to data.image_root")
+    check_image_root(rows, fs, root)
+    return _read_image_files(rows, fs, root)
+
+
+def _read_image_files(rows: list[dict], fs: pafs.FileSystem, root: str) -> ray.data.Dataset:
+    """Rows naming image files (COCO_ITEMS_SCHEMA) -> raw rows with the images read by a map stage."""
     items = pa.Table.from_pylist(rows, schema=COCO_ITEMS_SCHEMA)
     # Several input blocks so that the image reads spread over the cluster; small batches, since each becomes a
     # block of image bytes.
@@ -147,9 +183,11 @@ def read_pairs(cfg: DataConfig) -> ray.data.Dataset:
         return read_webdataset_pairs(cfg.path)
     if cfg.format == "coco":
         return read_coco_pairs(cfg.path, cfg.image_root)
+    if cfg.format == "imagefolder":
+        return read_imagefolder_pairs(cfg.path, cfg.image_root)
     if cfg.format == "synthetic":
         return read_parquet_pairs(synthetic_train_dir(cfg.path))
-    raise ValueError(f"data.format={cfg.format!r} is not one of synthetic, parquet, webdataset, coco")
+    raise ValueError(f"data.format={cfg.format!r} is not one of synthetic, parquet, webdataset, coco, imagefolder")
 
 
 CHECKED_SCHEMA = pa.schema(
@@ -202,3 +240,28 @@ def validated(ds: ray.data.Dataset, cfg: DataConfig, stage: str, *, materialize:
         checked = checked.materialize()
     return (checked.map_batches(_good_part, batch_format="pyarrow"),
             checked.map_batches(_quarantine_part, batch_format="pyarrow"))
+
+
+# --- import: the validated pairs as the run's Parquet splits --------------------------------------------------------
+
+
+def import_pairs(cfg: DataConfig, out: str | Path) -> dict:
+    """Read `cfg.format` at `cfg.path`, validate every row, and write the good pairs as `<out>/<split>/*.parquet`
+    and the rest as `<out>/quarantine/import[-<split>].parquet` (`maple.data.splits`). `cfg.split` "auto" assigns
+    each pair by its id (`val_fraction`, `test_fraction`) and replaces all three splits; a named split takes every
+    pair and replaces only that one (your own held-out set). One decode pass: the validated stream is read once,
+    and its batches are routed on the driver (quarantined rows carry no image bytes). Returns the counts."""
+    checked = read_pairs(cfg).map_batches(_check, batch_format="pyarrow",
+                                          fn_kwargs={"cfg": cfg, "stage": f"import:{cfg.format}"})
+    splits = SPLITS if cfg.split == "auto" else (cfg.split,)
+    writer = SplitWriter(out, splits, cfg.shard_rows, "import" if cfg.split == "auto" else f"import-{cfg.split}")
+    try:
+        for batch in checked.iter_batches(batch_format="pyarrow", batch_size=None):
+            good = _good_part(batch)
+            writer.add(good, cfg.split if cfg.split != "auto" else
+                       [split_of(i, cfg.val_fraction, cfg.test_fraction) for i in good["id"].to_pylist()])
+            writer.quarantine_rows(_quarantine_part(batch))
+        counts = writer.close()
+    finally:
+        writer.discard()
+    return {"output": str(out), **counts}
