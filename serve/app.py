@@ -4,7 +4,8 @@
                           ├─► Reranker  (@serve.batch)
                           └─► Search    (ANN indexes over a corpus, one per modality, built by jobs/index.py)
 
-Routes (docs/serving.md): POST /v1/embeddings (OpenAI), POST /v1/rerank (Cohere/Jina), POST /v1/search,
+Routes (docs/serving.md): POST /v1/embeddings (OpenAI), POST /v1/rerank (Cohere v1/Jina), POST /v2/rerank
+(Cohere v2), POST /v1/search,
 GET /v1/models, GET /health, and GET / (the search page: static, over the same API). The logic the routes call
 (schemas, limits, auth, model loading, the page) is in `maple.serving`; this file only places it in deployments and
 composes them through handles.
@@ -21,6 +22,7 @@ import logging
 import os
 import socket
 import sys
+import uuid
 
 import numpy as np
 from fastapi import FastAPI
@@ -37,8 +39,11 @@ from maple.serving.api import (
     ModelCard,
     ModelList,
     RerankRequest,
+    RerankRequestV2,
     RerankResponse,
+    RerankResponseV2,
     RerankResult,
+    RerankResultV2,
     RerankUsage,
     SearchHit,
     SearchRequest,
@@ -54,6 +59,7 @@ from maple.serving.http import GuardSettings, RequestGuard, check_port_free, ins
 from maple.serving.inputs import Content, Limits, decoded, key_digest, parse_input, parse_inputs
 from maple.serving.page import search_page
 from maple.serving.pixels import PixelBudget
+from maple.serving.placement import check_fits, cpu_shares, serve_cpus
 
 logger = logging.getLogger("maple.serve")
 app = FastAPI(title="maple", summary="Image-text embeddings, reranking and search")
@@ -83,10 +89,9 @@ def _total_inputs(chunks: list[list[Content]]) -> int:
     return sum(len(chunk) for chunk in chunks)
 
 
-# Logical CPUs per replica, as serve/config.yaml gives them: together 2, so that `maple serve` and `maple demo
-# --serve` start on a 2-core machine's local Ray (with Serve's default of 1 CPU per replica, Search and Api never
-# got scheduled there). A Serve config's `ray_actor_options` overrides them.
-@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+# Each replica's logical CPUs are set by build_app from serve.num_cpus (maple/serving/placement.py), so that the
+# defaults fit the machine they start on; a Serve config's `ray_actor_options` overrides them.
+@serve.deployment(max_ongoing_requests=64)
 class Embedder:
     """The embedding model; concurrent calls are batched by input count, up to `max_batch_size` inputs."""
 
@@ -118,7 +123,7 @@ class Embedder:
         return await asyncio.to_thread(embed_chunks, self.model, chunks)
 
 
-@serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(max_ongoing_requests=32)
 class Reranker:
     """The reranker (`maple.models.reranker`): `score(query, candidates)` for each batched (query, candidates)."""
 
@@ -140,7 +145,7 @@ class Reranker:
         return await asyncio.to_thread(score_each, self.model, requests)
 
 
-@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(max_ongoing_requests=64)
 class Search:
     """The corpus indexes of jobs/index.py, one per modality: ids, cosine scores, payloads (and content to rerank,
     documents to show)."""
@@ -165,7 +170,7 @@ class Search:
         return hits
 
 
-@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(max_ongoing_requests=256)
 @serve.ingress(app)
 class Api:
     """The HTTP ingress: checks requests (maple.serving.inputs), then composes the deployments."""
@@ -257,6 +262,17 @@ class Api:
         return RerankResponse(model=self.reranker_card.id, model_version=self.reranker_card.version, results=results,
                               usage=RerankUsage(documents=len(documents)))
 
+    @app.post("/v2/rerank")
+    async def rerank_v2(self, body: RerankRequestV2) -> RerankResponseV2:
+        """Cohere's v2 route (`cohere.ClientV2`): the v1 ranking in the v2 shape."""
+        ranked = await self.rerank(RerankRequest(model=body.model, query=body.query, documents=body.documents,
+                                                 top_n=body.top_n, return_documents=False))
+        return RerankResponseV2(
+            id=str(uuid.uuid4()), results=[RerankResultV2(index=r.index, relevance_score=r.relevance_score)
+                                           for r in ranked.results],
+            meta={"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+            model=ranked.model, model_version=ranked.model_version)
+
     @app.post("/v1/search")
     async def search(self, body: SearchRequest) -> SearchResponse:
         self._check_model(body.model, self.embedder_card)
@@ -300,11 +316,23 @@ def build_app(args: dict | None = None) -> Application:
     digest = key_digest(os.environ.get("MAPLE_API_KEY"))
     if digest is None:
         _warn_no_key(cfg.insecure)
-    embedder = Embedder.bind(cfg.embedder, cfg.device, cfg.mlflow_tracking_uri, cfg.max_batch_size,
-                             cfg.batch_wait_timeout_s)
-    reranker = Reranker.bind(cfg.reranker, cfg.device, cfg.mlflow_tracking_uri, cfg.rerank_max_batch_size,
-                             cfg.batch_wait_timeout_s)
-    return Api.bind(embedder, reranker, Search.bind(cfg.index_folders), cfg.model_dump(), digest)
+    cpus = cpu_shares(serve_cpus(cfg.num_cpus, _cluster_cpus()))
+
+    def placed(deployment):
+        return deployment.options(ray_actor_options={"num_cpus": cpus[deployment.name]})
+
+    embedder = placed(Embedder).bind(cfg.embedder, cfg.device, cfg.mlflow_tracking_uri, cfg.max_batch_size,
+                                     cfg.batch_wait_timeout_s)
+    reranker = placed(Reranker).bind(cfg.reranker, cfg.device, cfg.mlflow_tracking_uri, cfg.rerank_max_batch_size,
+                                     cfg.batch_wait_timeout_s)
+    return placed(Api).bind(embedder, reranker, placed(Search).bind(cfg.index_folders), cfg.model_dump(), digest)
+
+
+def _cluster_cpus() -> float | None:
+    """The connected Ray's logical CPUs; None before Ray is connected."""
+    import ray
+
+    return ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else None
 
 
 def is_loopback_host(host: str) -> bool:
@@ -362,6 +390,10 @@ def serve_blocking(cfg, open_page: bool = False) -> None:
     """Deploy the application on the connected Ray and block until Ctrl-C (`maple serve`, `maple demo --serve`);
     `main` has checked the host (`check_exposure`). `open_page`: open the search page where there is a display
     (headless, the address printed is all)."""
+    import ray
+
+    check_fits(serve_cpus(cfg.serve.num_cpus, _cluster_cpus()), ray.available_resources().get("CPU", 0.0),
+               _cluster_cpus())
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(build_app(cfg.serve.model_dump()), name="maple", route_prefix="/")
     url = page_url(cfg.serve.host, cfg.serve.port)

@@ -52,6 +52,18 @@ class RerankRequest(Request):
     return_documents: bool = True  # Jina's default; Cohere's clients pass it explicitly
 
 
+class RerankRequestV2(Request):
+    """Cohere's v2 rerank (`cohere.ClientV2().rerank`): `model` is required and the client sends documents as
+    strings; maple also takes {"text"}/{"image"} items here, as on v1. `max_tokens_per_doc` is accepted: the
+    reranker truncates each (query, document) pair to its own window."""
+
+    model: str
+    query: Any
+    documents: list[Any]
+    top_n: int | None = Field(default=None, ge=1)
+    max_tokens_per_doc: int | None = Field(default=None, ge=1)
+
+
 class SearchRequest(Request):
     model: str | None = None
     query: Any  # str | {"text": str} | {"image": str}
@@ -102,6 +114,21 @@ class RerankResponse(Response):
     model_version: str
     results: list[RerankResult]
     usage: RerankUsage
+
+
+class RerankResultV2(Response):
+    index: int
+    relevance_score: float
+
+
+class RerankResponseV2(Response):
+    """Cohere v2's shape (no documents echoed back); `model` and `model_version` added, as on v1."""
+
+    id: str
+    results: list[RerankResultV2]
+    meta: dict[str, Any]
+    model: str
+    model_version: str
 
 
 class SearchHit(Response):

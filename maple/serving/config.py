@@ -1,6 +1,6 @@
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from maple.section import Section
 
@@ -21,6 +21,10 @@ class ServeConfig(Section):
     # caption index: a text query then finds images, an image query captions); None: /v1/search answers 503
     index: str | list[str] | None = None
     device: str | None = None  # None: cuda when the replica has a GPU, else cpu
+    # logical CPUs the four deployments ask for together, split ½ Embedder, ¼ Reranker, ⅛ Search, ⅛ Api
+    # (maple/serving/placement.py); None: 2, or the cluster's CPUs where it has fewer. serve/config.yaml's
+    # `ray_actor_options` override it under `serve run`/`serve deploy`.
+    num_cpus: float | None = Field(default=None, gt=0)
     mlflow_tracking_uri: str | None = None  # for models:/ specs; None: MLFLOW_TRACKING_URI of the replicas
     # batching (@serve.batch); max_batch_size 1 turns batching off (bench/serve_load.py compares the two)
     max_batch_size: int = 32

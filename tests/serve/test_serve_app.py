@@ -105,6 +105,25 @@ def test_rerank_orders_documents_by_the_rerankers_scores(server, reranker):
     assert (body["model"], body["model_version"]) == ("tiny-cross-encoder", "local")
 
 
+def test_cohere_v2_client_reranks_through_v2_rerank(server, reranker):
+    """cohere.ClientV2 (Cohere's current client) calls POST /v2/rerank with string documents and a required model."""
+    import cohere
+
+    documents = ["a small red circle", "a large yellow diamond", "a small red circle above a blue square"]
+    client = cohere.ClientV2(api_key=KEY, base_url=server, timeout=60)
+    response = client.rerank(model="tiny-cross-encoder", query="a red circle", documents=documents, top_n=2)
+    expected = reranker.score("a red circle", documents)
+    order = sorted(range(3), key=lambda i: -expected[i])[:2]
+    assert [r.index for r in response.results] == order
+    np.testing.assert_allclose([r.relevance_score for r in response.results], [expected[i] for i in order],
+                               atol=1e-4)
+    with pytest.raises(cohere.errors.NotFoundError, match="not served here"):
+        client.rerank(model="rerank-v3.5", query="a red circle", documents=documents)
+    with pytest.raises(cohere.errors.UnauthorizedError):
+        cohere.ClientV2(api_key="wrong", base_url=server).rerank(model="tiny-cross-encoder", query="q",
+                                                                documents=["d"])
+
+
 def test_rerank_takes_image_documents(server, reranker, corpus):
     images = [decode_image(png) for _, png in corpus_images(corpus, 2)]
     body = post(server, "/v1/rerank", {"query": "a red circle", "documents": [{"image": data_url(i)} for i in images],

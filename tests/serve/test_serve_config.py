@@ -88,11 +88,46 @@ def test_the_demo_config_fits_a_two_core_machine():
     assert total <= 2
 
 
-def test_the_applications_own_deployments_fit_a_two_core_machine():
-    """`maple serve` and `maple demo --serve` deploy without serve/config.yaml, on a local Ray of the machine's CPUs."""
-    from serve.app import Api, Embedder, Reranker, Search
+def test_the_applications_own_deployments_fit_the_machine_they_start_on():
+    """`maple serve` and `maple demo --serve` deploy without serve/config.yaml, on a local Ray of the machine's CPUs:
+    2 CPUs together by default, fewer where the cluster has fewer, `serve.num_cpus` where set; each share as
+    serve/config.yaml gives it on 2 CPUs."""
+    from maple.serving.placement import cpu_shares, serve_cpus
 
-    assert sum(d.ray_actor_options["num_cpus"] for d in (Api, Embedder, Reranker, Search)) <= 2
+    assert serve_cpus(None, None) == 2 and serve_cpus(None, 64) == 2 and serve_cpus(None, 1) == 1
+    assert serve_cpus(0.5, 64) == 0.5
+    on_two = {d["name"]: d["ray_actor_options"]["num_cpus"] for d in CONFIG["applications"][0]["deployments"]}
+    assert cpu_shares(2.0) == on_two
+    assert sum(cpu_shares(1.0).values()) == pytest.approx(1.0)
+
+
+def test_a_deployment_that_cannot_be_placed_is_refused_naming_asked_free_and_the_key():
+    from maple.section import SetupError
+    from maple.serving.placement import check_fits
+
+    check_fits(2.0, 2.0, 2.0)
+    with pytest.raises(SetupError, match=r"asks 2 logical CPUs \(Embedder 1, Reranker 0.5, Search 0.25, Api 0.25\) "
+                                         r"but this Ray has 1.5 of 2 free: set serve.num_cpus=1.5 or lower"):
+        check_fits(2.0, 1.5, 2.0)
+    with pytest.raises(SetupError, match="has 0 of 2 free: stop what holds them"):
+        check_fits(2.0, 0.0, 2.0)
+
+
+def test_maple_serve_refuses_within_seconds_what_this_ray_cannot_place(tmp_path):
+    """The documented command, asked for more CPUs than the machine has: one sentence, exit code 2, no hang."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "serve", "--config", "configs/demo.yaml",
+                           "serve.num_cpus=64", f"run.output_dir={tmp_path}", "serve.port=0"],
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=180,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert done.returncode != 0 and time.monotonic() - started < 120
+    assert "the served application asks 64 logical CPUs" in done.stderr + done.stdout
+    assert "serve.num_cpus=" in done.stderr + done.stdout
 
 
 def test_build_app_names_an_unknown_argument():
