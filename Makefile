@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.maple-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-cluster bench clean
 
 # torch first, from the CPU build (DEVELOPERS.md says why), then everything else under the same constraint.
 $(STAMP): pyproject.toml constraints-cpu.txt
@@ -31,6 +31,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# Node loss and autoscaling on a multi-node Ray cluster simulated on this machine (tests/cluster, marker `cluster`;
+# `make test` leaves them out). docs/cluster.md, "When a node dies", reports what they measure.
+test-cluster: setup
+	$(PY) -m pytest -m cluster tests/cluster
 
 clean:
 	rm -rf runs mlflow.db

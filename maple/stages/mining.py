@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -20,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
+import ray.experimental.internal_kv
+from ray._private import ray_constants
 
 from maple.data.config import DataConfig, WorldConfig
 from maple.data.images import image_files
@@ -48,6 +51,12 @@ from maple.stages.shards import SHARD, ShardWriter, finished_shards, output_coun
 
 log = logging.getLogger(__name__)
 
+# A task sent to an actor that dies (its process, or its whole node) is retried until the actor is back, bounded by
+# mine.max_actor_restarts. A finite count is not enough: while a restarted actor runs its constructor (a model load)
+# Ray fails the queued tasks fast and counts each try, so 3 retries were spent in under a second and a judge that
+# lost its node failed the job (tests/cluster/test_node_loss.py). Only system failures are retried, never exceptions.
+ACTOR_TASK_RETRIES = -1
+
 
 def input_shards(path: str | Path) -> list[str]:
     """The Parquet shards of `mine.input` (a folder of them, or one file); SetupError naming the fix when there are
@@ -70,9 +79,9 @@ def embed_pairs(good: ray.data.Dataset, model_path: str, mine: MineConfig) -> di
     """Embed every good pair's image and captions in an actor pool; collect ids, embeddings and content on the
     driver (candidates are global: every shard's, even finished ones, are needed)."""
     embedded = good.map_batches(
-        EmbedPairs, fn_constructor_kwargs=dict(model_path=model_path, batch_size=mine.embed_batch_size),
+        EmbedPairs, fn_constructor_kwargs={"model_path": model_path, "batch_size": mine.embed_batch_size},
         batch_size=mine.embed_batch_size, concurrency=mine.embed_concurrency, num_cpus=1,
-        max_restarts=mine.max_actor_restarts, max_task_retries=mine.max_actor_restarts)
+        max_restarts=mine.max_actor_restarts, max_task_retries=ACTOR_TASK_RETRIES)
     ids, shards, image_emb, caption_embs, content, failed = [], [], [], [], [], []
     for batch in embedded.iter_batches(batch_size=mine.embed_batch_size, batch_format="pyarrow"):
         for row in batch.to_pylist():
@@ -108,6 +117,16 @@ def build_indexes(emb: dict, mine: MineConfig, out: Path, seed: int) -> dict[str
     return indexes
 
 
+def cluster_capacity() -> dict[str, float]:
+    """The resources the start-up checks count on: the Ray cluster's own, unless an autoscaler runs (it reports its
+    status to the GCS): its groups may be at zero nodes until this job asks for them (cluster/*.yaml), so CPUs and
+    GPUs count as unbounded and the autoscaler itself reports work that no node type can run."""
+    resources = dict(ray.cluster_resources())
+    if ray.experimental.internal_kv._internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) is not None:
+        resources.update(CPU=math.inf, GPU=math.inf)
+    return resources
+
+
 def check_cpus(judge: JudgeConfig, rewrite: RewriteConfig, available: float) -> None:
     """The judge's (and an LLM rewriter's) actors hold their CPUs for the whole stream; the retrieval and mining
     tasks need half a CPU beside them. Refuse a plan that cannot be placed (it would wait forever) and say which keys
@@ -138,8 +157,9 @@ def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunC
     files = input_shards(source)
     # Fail fast: the shards' columns, judge model, its Yes/No tokens, GPUs, CPUs, before reading any data.
     check_columns(files, f"mine.input={source}")
-    judge_facts = check_judge(judge, needs_images=True, available_gpus=ray.cluster_resources().get("GPU", 0.0))
-    check_cpus(judge, rewrite or RewriteConfig(), ray.cluster_resources().get("CPU", 0.0))
+    capacity = cluster_capacity()
+    judge_facts = check_judge(judge, needs_images=True, available_gpus=capacity.get("GPU", 0.0))
+    check_cpus(judge, rewrite or RewriteConfig(), capacity.get("CPU", 0.0))
     shards = [shard_name(f) for f in files]
     done = finished_shards(out, shards)
     todo = [s for s in shards if s not in done]
@@ -183,12 +203,12 @@ def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunC
                 ProposeRewrites, batch_format="pyarrow", batch_size=per_batch, fn_constructor_kwargs=rewriting,
                 concurrency=rewrite.num_actors, num_cpus=rewrite.cpus_per_actor,
                 num_gpus=rewrite.gpus_per_actor or None,
-                max_restarts=mine.max_actor_restarts, max_task_retries=mine.max_actor_restarts)
+                max_restarts=mine.max_actor_restarts, max_task_retries=ACTOR_TASK_RETRIES)
         ds = ds.map_batches(
             judge_class, batch_format="pyarrow", batch_size=per_batch,
             fn_constructor_kwargs={"judge": judge.model_dump(), "store": store},
             concurrency=judge.num_actors, num_cpus=judge.cpus_per_actor, num_gpus=judge.gpus_per_actor or None,
-            max_restarts=mine.max_actor_restarts, max_task_retries=mine.max_actor_restarts)
+            max_restarts=mine.max_actor_restarts, max_task_retries=ACTOR_TASK_RETRIES)
         ds = ds.map_batches(mine_queries, batch_format="pyarrow", batch_size=per_batch, num_cpus=0.5,
                             fn_kwargs={"store": store, "k": mine.num_hard_negatives, "beta": mine.beta,
                                        "step": mine.cyclical_step, "seed": run.seed,
