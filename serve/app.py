@@ -29,6 +29,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
@@ -201,9 +202,19 @@ class Api:
             raise ApiError(404, f"model {requested!r} is not served here; this server runs {card.id!r} "
                                 f"(version {card.version}); see GET /v1/models", "model_not_found", "model")
 
+    async def _embed_chunk(self, chunk: list[Content]):
+        """One Embedder call, sent once more when its replica died or could not be reached under it (its node
+        lost: RayActorError, ActorDiedError and ActorUnavailableError alike); Serve's router then picks a live
+        replica. Embedding is idempotent, so a second call is safe (docs/cluster.md, "When a node dies")."""
+        try:
+            return await self.embedder.embed.remote(chunk)
+        except RayActorError as exc:
+            logger.warning("an Embedder replica failed (%s); retrying the call once", type(exc).__name__)
+            return await self.embedder.embed.remote(chunk)
+
     async def _embed(self, contents: list[Content], param: str = "input") -> tuple[np.ndarray, list[int]]:
         size = self.cfg.max_batch_size
-        parts = await asyncio.gather(*(self.embedder.embed.remote(contents[i:i + size])
+        parts = await asyncio.gather(*(self._embed_chunk(contents[i:i + size])
                                        for i in range(0, len(contents), size)))
         for k, part in enumerate(parts):
             if isinstance(part, ItemError):
