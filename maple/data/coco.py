@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from maple.data.images import image_files
-from maple.data.raw import MAX_FILE_BYTES, RAW_SCHEMA, UNREADABLE_SHARD, entry_row, mark, raw_row, utf8_text
+from maple.data.raw import MAX_FILE_BYTES, RAW_SCHEMA, UNREADABLE_SHARD, entry_row, mark, raw_row, text_field, utf8_text
 from maple.data.validate import READER_DETAIL, READER_REASON
 from maple.section import SetupError
 
@@ -40,15 +40,8 @@ def _valid_id(value: Any) -> bool:
 
 def _text(value: Any, row: dict, field: str, where: str) -> str | None:
     """A JSON id / file name / caption -> str (integers accepted for ids); marks the row when it is not usable."""
-    if value is None:
-        return None
-    if not (isinstance(value, str) or (field == "id" and _valid_id(value))):
-        mark(row, f"wrong_type:{field}", f"{where} is {type(value).__name__}: {json.dumps(value)[:200]}")
-        return json.dumps(value)
-    text, ok = utf8_text(str(value))
-    if not ok:
-        mark(row, f"invalid_utf8:{field}", f"{where} holds a lone surrogate escape (not a character)")
-    return text
+    return text_field(value, row, field, where, integer_ok=field == "id", decode=utf8_text,
+                      undecodable="holds a lone surrogate escape (not a character)")
 
 
 def _image_row(k: int, img: Any, where: str, source: str) -> dict:

@@ -40,7 +40,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from maple.data.raw import MAX_FILE_BYTES, UNREADABLE_SHARD, entry_row, mark, raw_row, utf8_text
+from maple.data.raw import MAX_FILE_BYTES, UNREADABLE_SHARD, entry_row, mark, raw_row, text_field, utf8_text
 from maple.data.validate import READER_REASON
 
 # The captions file looked for in a folder given as data.path (Hugging Face's names first).
@@ -124,15 +124,8 @@ def _storable(value: str) -> tuple[str, bool]:
 
 def _text(value: Any, row: dict, field: str, where: str, integer_ok: bool = False) -> str | None:
     """A JSON/CSV value -> str (an integer id accepted); marks the row when it is not usable text."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not (isinstance(value, str) or (integer_ok and isinstance(value, int))):
-        mark(row, f"wrong_type:{field}", f"{where} is {type(value).__name__}: {json.dumps(value)[:200]}")
-        return json.dumps(value)
-    text, ok = _storable(str(value))
-    if not ok:
-        mark(row, f"invalid_utf8:{field}", f"{where} is not valid UTF-8 (shown with U+FFFD); re-encode the file")
-    return text
+    return text_field(value, row, field, where, integer_ok=integer_ok, decode=_storable,
+                      undecodable="is not valid UTF-8 (shown with U+FFFD); re-encode the file")
 
 
 def _captions(value: Any, row: dict, where: str) -> list[str | None]:

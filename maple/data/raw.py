@@ -12,6 +12,8 @@ No Ray here: the readers are functions of one file that `maple.stages.read` maps
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -61,6 +63,22 @@ def mark(row: dict, reason: str, detail: str) -> None:
     """Set a raw row's reason unless an earlier check already set one (the first problem found is the reason)."""
     if row.get(READER_REASON) is None:
         row[READER_REASON], row[READER_DETAIL] = reason, detail
+
+
+def text_field(value: Any, row: dict, field: str, where: str, *, integer_ok: bool,
+               decode: Callable[[str], tuple[str, bool]], undecodable: str) -> str | None:
+    """A JSON / CSV value -> str (None stays None; an integer accepted where `integer_ok`), marking the row
+    `wrong_type:<field>` when it is not text (the value kept as JSON, so the quarantine shows it) and
+    `invalid_utf8:<field>` when `decode` had to replace characters (`undecodable` says what and how to fix it)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not (isinstance(value, str) or (integer_ok and isinstance(value, int))):
+        mark(row, f"wrong_type:{field}", f"{where} is {type(value).__name__}: {json.dumps(value)[:200]}")
+        return json.dumps(value)
+    text, ok = decode(str(value))
+    if not ok:
+        mark(row, f"invalid_utf8:{field}", f"{where} {undecodable}")
+    return text
 
 
 def utf8_text(value: str) -> tuple[str, bool]:
