@@ -25,7 +25,7 @@ from maple.models.batch_inference import EmbedColumns
 from maple.models.families import build_embedder
 from maple.recipes.reranker import RerankerTask, split_rows, training_section
 from maple.retrieval.index import build_index
-from maple.runtime import cluster_gpus
+from maple.runtime import check_accelerator, cluster_capacity, cluster_gpus
 from maple.section import SetupError
 from maple.serving.models import TINY_SOURCE, local_model_dir, model_card, tiny_embedder
 from maple.serving.search_index import save_search_index
@@ -67,6 +67,7 @@ def train(cfg: Config, task: TrainTask, datasets: dict[str, Any], run_name: str,
     `register_name` (default train.register_name, else <run.name>-<embedder|reranker>); `register_name=""` skips
     registration. `on_step`: the job's progress display, ticked after each step (`TrainTask.on_step`)."""
     check_training_gpus(cfg.train, cluster_gpus())
+    check_accelerator(cfg.train.accelerator_type, "train.accelerator_type", cluster_capacity())
     task.on_step = on_step
     target = training_run(cfg.run, task.name, run_name, storage_path(cfg.train, cfg.run), cfg)
     result = run_training(cfg.train, cfg.run, task, datasets, run_name, target)

@@ -12,6 +12,7 @@ class JudgeConfig(Section):
     model: str | None = None  # local path (or a name already in the HF cache) of the judge checkpoint (hf, vllm)
     tensor_parallel_size: int = 1
     gpus_per_actor: float = 0.0
+    accelerator_type: str | None = None  # only on nodes with this GPU, e.g. "A100" (docs/cluster.md)
     num_actors: int = 1
     cpus_per_actor: float = 1.0
     batch_size: int = 32  # pairs per forward pass (hf) / per engine call (vllm)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -21,8 +20,6 @@ import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
-import ray.experimental.internal_kv
-from ray._private import ray_constants
 
 from maple.data.config import DataConfig, WorldConfig
 from maple.data.images import image_files
@@ -34,6 +31,7 @@ from maple.judge.config import JudgeConfig
 from maple.mining.config import MineConfig
 from maple.retrieval.index import VectorIndex, build_index
 from maple.rewrite.config import RewriteConfig
+from maple.runtime import check_accelerator, cluster_capacity
 from maple.section import RunConfig, SetupError
 from maple.stages.mine_steps import (
     EmbedPairs,
@@ -117,16 +115,6 @@ def build_indexes(emb: dict, mine: MineConfig, out: Path, seed: int) -> dict[str
     return indexes
 
 
-def cluster_capacity() -> dict[str, float]:
-    """The resources the start-up checks count on: the Ray cluster's own, unless an autoscaler runs (it reports its
-    status to the GCS): its groups may be at zero nodes until this job asks for them (cluster/*.yaml), so CPUs and
-    GPUs count as unbounded and the autoscaler itself reports work that no node type can run."""
-    resources = dict(ray.cluster_resources())
-    if ray.experimental.internal_kv._internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) is not None:
-        resources.update(CPU=math.inf, GPU=math.inf)
-    return resources
-
-
 def check_cpus(judge: JudgeConfig, rewrite: RewriteConfig, available: float) -> None:
     """The judge's (and an LLM rewriter's) actors hold their CPUs for the whole stream; the retrieval and mining
     tasks need half a CPU beside them. Refuse a plan that cannot be placed (it would wait forever) and say which keys
@@ -160,6 +148,7 @@ def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunC
     capacity = cluster_capacity()
     judge_facts = check_judge(judge, needs_images=True, available_gpus=capacity.get("GPU", 0.0))
     check_cpus(judge, rewrite or RewriteConfig(), capacity.get("CPU", 0.0))
+    check_accelerator(judge.accelerator_type, "judge.accelerator_type", capacity)
     shards = [shard_name(f) for f in files]
     done = finished_shards(out, shards)
     todo = [s for s in shards if s not in done]
@@ -208,7 +197,8 @@ def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunC
             judge_class, batch_format="pyarrow", batch_size=per_batch,
             fn_constructor_kwargs={"judge": judge.model_dump(), "store": store},
             concurrency=judge.num_actors, num_cpus=judge.cpus_per_actor, num_gpus=judge.gpus_per_actor or None,
-            max_restarts=mine.max_actor_restarts, max_task_retries=ACTOR_TASK_RETRIES)
+            accelerator_type=judge.accelerator_type, max_restarts=mine.max_actor_restarts,
+            max_task_retries=ACTOR_TASK_RETRIES)
         ds = ds.map_batches(mine_queries, batch_format="pyarrow", batch_size=per_batch, num_cpus=0.5,
                             fn_kwargs={"store": store, "k": mine.num_hard_negatives, "beta": mine.beta,
                                        "step": mine.cyclical_step, "seed": run.seed,

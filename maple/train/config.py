@@ -33,3 +33,7 @@ class TrainConfig(Section):
     lora_alpha: float = 16.0
     shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer; 0 = stream order
     register_name: str | None = None  # MLflow registered model name; None: <run.name>-embedder
+    # Where the workers run (Ray Train's ScalingConfig): only on nodes with this GPU (`accelerator_type:<name>` on
+    # the node, docs/cluster.md), and how they spread over nodes (STRICT_SPREAD: one worker per node)
+    accelerator_type: str | None = None
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"

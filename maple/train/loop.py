@@ -401,7 +401,9 @@ def run_training(train: TrainConfig, run: RunConfig, task: TrainTask, datasets: 
         _worker_loop,
         train_loop_config={"train": train.model_dump(mode="json"), "run": run.model_dump(mode="json"), "task": task,
                            "mlflow": mlflow, "datasets": sorted(datasets), "run_name": run_name},
-        scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu),
+        scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
+                                               accelerator_type=train.accelerator_type,
+                                               placement_strategy=train.placement_strategy),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path(train, run),
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),

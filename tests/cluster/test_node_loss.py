@@ -1,9 +1,9 @@
 """Node loss on the simulated cluster (tests/fixtures/cluster.py): a node dies mid-job and nothing is lost.
 
-Mining: the judge actor pool asks for a GPU (`judge.gpus_per_actor=1`), so it lands on a GPU node, as on the real
-cluster. The judge holds its second batch until the test has killed every process of the node it runs on
-(`Cluster.remove_node`, not gracefully: a machine that dies); the job must finish on the remaining nodes with every
-query written exactly once.
+Mining: the judge actor pool asks for a GPU of an A100 node (`judge.gpus_per_actor=1`, `judge.accelerator_type=A100`),
+so it lands there, as on the real cluster. The judge holds its second batch until the test has killed every process
+of the node it runs on (`Cluster.remove_node`, not gracefully: a machine that dies); the job must finish on the
+remaining nodes with every query written exactly once.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_mining_loses_the_judge_node_and_writes_every_query_once(sim_cluster, sm
     judge = type("JudgeOnDoomedNode", (JudgeOnDoomedNode,), {"folder": str(folder)})
     cfg = load_config(None, [f"run.output_dir={tmp_path}", f"mine.input={inputs}", f"mine.output={tmp_path / 'out'}",
                              "mine.top_k=8", "mine.num_hard_negatives=4", "mine.queries_per_batch=64",
-                             "judge.gpus_per_actor=1", "run.name=node-loss"])
+                             "judge.gpus_per_actor=1", "judge.accelerator_type=A100", "run.name=node-loss"])
     pool = ThreadPoolExecutor(max_workers=1)  # the job runs in this process (the driver); the test kills its node
     started = time.monotonic()
     job = pool.submit(mine, cfg, judge_class=judge)
@@ -94,7 +94,7 @@ def test_mining_loses_the_judge_node_and_writes_every_query_once(sim_cluster, sm
         _wait_for(folder / "holding", job, timeout_s=240)
         doomed_id = (folder / "holding").read_text()
         doomed = sim_cluster.node_by_id(doomed_id)
-        assert sim_cluster.groups[doomed] in ("gpu_a100x8", "gpu_serve"), "the judge ran on a node without a GPU"
+        assert sim_cluster.groups[doomed] == "gpu_a100x8", "the judge ran off the A100 group"
         removed_at = time.time()
         sim_cluster.remove(doomed)
         (folder / "removed").touch()  # the restarted judge must not hold a batch

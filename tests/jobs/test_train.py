@@ -73,3 +73,19 @@ def test_use_gpu_on_a_cluster_without_gpus_fails_in_one_sentence(workers, asked)
                                          r"train.use_gpu=false to train on CPU, or join a cluster with GPUs"):
         check_training_gpus(TrainConfig(use_gpu=True, num_workers=workers), gpus=0)
     check_training_gpus(TrainConfig(use_gpu=False, num_workers=workers), gpus=0)
+
+
+def test_an_accelerator_type_no_node_has_fails_in_one_sentence(ray_local):
+    """Without an autoscaler (none runs for the tests' local Ray), work pinned to a GPU type that no node has would
+    wait forever: the training and mining jobs refuse it first (judge.accelerator_type goes through the same check)."""
+    from maple.runtime import check_accelerator
+    from maple.section import SetupError
+
+    here = {"CPU": 4.0, "accelerator_type:A10G": 1.0}
+    with pytest.raises(SetupError, match=r"^train.accelerator_type=H100: no node of this Ray cluster has that GPU "
+                                         r"\(it has A10G\); set train.accelerator_type to one of those, or leave it"):
+        check_accelerator("H100", "train.accelerator_type", here)
+    with pytest.raises(SetupError, match=r"\(it has no accelerator type\)"):
+        check_accelerator("A100", "judge.accelerator_type", {"CPU": 4.0})
+    check_accelerator("A10G", "train.accelerator_type", here)
+    check_accelerator(None, "train.accelerator_type", {"CPU": 4.0})

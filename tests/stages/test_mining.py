@@ -1,5 +1,6 @@
-"""The mining pipeline refuses inputs it cannot mine before reading anything (no Ray here: each check runs on the
-driver before the first Ray call), in one sentence that names the key and the fix."""
+"""The mining pipeline refuses inputs it cannot mine, and plans its Ray cannot place, before reading anything, in one
+sentence that names the key and the fix. Each check runs on the driver before the first Ray task (the last test asks
+the tests' local Ray what it has)."""
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,3 +50,15 @@ def test_one_shard_with_the_right_columns_is_enough_to_start(tmp_path):
     pq.write_table(pa.table({"id": ["p0"], "image": [b"x"], "description": ["a"]}), bad)
     pq.write_table(pa.table({"id": ["p1"], "image": [b"x"], "caption": ["a"]}), good)
     check_columns([str(bad), str(good)], "mine.input")  # the bad shard is the quarantine's business
+
+
+def test_a_plan_larger_than_the_local_ray_fails_before_any_read(ray_local, small_world, tmp_path):
+    """The tests' local Ray (4 CPUs, no GPU, no autoscaler): judge actors that cannot all be placed, and a judge
+    pinned to a GPU type no node has, are refused at start instead of waiting forever."""
+    world, _ = small_world
+    mine = MineConfig(input=str(world / "train"), output=str(tmp_path / "mined"))
+    run = RunConfig(output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"the mining stream's actors ask 8 CPUs .* but the Ray cluster has 4"):
+        mine_pairs(mine, JudgeConfig(num_actors=8), DataConfig(), run, model_path=str(tmp_path / "no-model"))
+    with pytest.raises(SetupError, match=r"^judge.accelerator_type=A100: no node of this Ray cluster has that GPU"):
+        mine_pairs(mine, JudgeConfig(accelerator_type="A100"), DataConfig(), run, model_path=str(tmp_path / "no-model"))
