@@ -205,12 +205,28 @@ def reference_probes(world: WorldConfig, n: int) -> dict:
     return {"raw pixels 16x16": raw, "all-MiniLM-L6-v2 (pretrained, frozen)": text}
 
 
+def parse_curriculum(spec: str) -> list[tuple[int, tuple[str, ...] | None, int]]:
+    """"2:above+below:400/2:all:400" → [(2, ("above", "below"), 400), (2, None, 400)]: stages of (objects per scene
+    at most, relations named in captions or None for the world's, steps)."""
+    stages = []
+    for stage in spec.split("/"):
+        objects, relations, steps = stage.split(":")
+        stages.append((int(objects), None if relations == "all" else tuple(relations.split("+")), int(steps)))
+    return stages
+
+
 def run(hidden: int, layers: int, patch: int, embed_dim: int, steps: int, n_train: int, n_eval: int,
         kinds: tuple[str, ...], batch: int, lr: float, seed: int, probe_n: int = 2000,
-        max_objects: int | None = None) -> dict:
+        max_objects: int | None = None, curriculum: str | None = None) -> dict:
+    """Train from scratch with InfoNCE + one typed hard negative per row, for `steps` on the world (`max_objects`),
+    or through the stages of `curriculum` (`parse_curriculum`), `n_train` fresh scenes per stage; score on the
+    world's fresh scenes after each stage."""
     torch.manual_seed(seed)
     world = WorldConfig() if max_objects is None else WorldConfig(max_objects=max_objects)
-    train, fresh = make_rows(n_train, seed + 1, world, kinds), make_rows(n_eval, seed + 2, world, kinds)
+    stages = [(world, steps)] if curriculum is None else [
+        (WorldConfig(max_objects=objects, **({"relations": list(relations)} if relations else {})), stage_steps)
+        for objects, relations, stage_steps in parse_curriculum(curriculum)]
+    fresh = make_rows(n_eval, seed + 2, world, kinds)
     tiny = TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=4, intermediate_size=2 * hidden,
                       patch_size=patch, embed_dim=embed_dim)
     model = DualEncoder.tiny(ModelConfig(tiny=tiny, image_size=world.image_size))
@@ -219,32 +235,39 @@ def run(hidden: int, layers: int, patch: int, embed_dim: int, steps: int, n_trai
     def pixels(rows):
         return model.preprocess([render_scene(r[0], world.image_size)[0] for r in rows])["pixel_values"]
 
-    train_pixels, fresh_pixels = pixels(train), pixels(fresh)
+    fresh_pixels = pixels(fresh)
     log_scale = torch.nn.Parameter(torch.tensor(2.659))  # CLIP's initial 1/0.07
     optimiser = torch.optim.AdamW([*model.parameters(), log_scale], lr=lr, weight_decay=0.01)
-    rng, start, losses = random.Random(seed), time.perf_counter(), []
-    model.train()
-    for _ in range(steps):
-        idx = rng.sample(range(len(train)), batch)
-        rows = [train[i] for i in idx]
-        texts = [r[1] for r in rows] + [rng.choice(list(r[2].values())) for r in rows]
-        images, captions = model.embed_images(train_pixels[idx]), model.embed_texts(**model.tokenize(texts))
-        scale, labels = log_scale.exp().clamp(max=100), torch.arange(batch)
-        # image -> (all captions + all hard negatives); caption -> images
-        loss = (F.cross_entropy(scale * images @ captions.T, labels)
-                + F.cross_entropy(scale * captions[:batch] @ images.T, labels)) / 2
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
-    model.eval()
+    rng, start, losses, after_stage, own_world = random.Random(seed), time.perf_counter(), [], [], []
+    for number, (stage_world, stage_steps) in enumerate(stages):
+        train = make_rows(n_train, seed + 1 + 10 * number, stage_world, kinds)
+        train_pixels = pixels(train)
+        model.train()
+        for _ in range(stage_steps):
+            idx = rng.sample(range(len(train)), batch)
+            rows = [train[i] for i in idx]
+            texts = [r[1] for r in rows] + [rng.choice(list(r[2].values())) for r in rows]
+            images, captions = model.embed_images(train_pixels[idx]), model.embed_texts(**model.tokenize(texts))
+            scale, labels = log_scale.exp().clamp(max=100), torch.arange(batch)
+            # image -> (all captions + all hard negatives); caption -> images
+            loss = (F.cross_entropy(scale * images @ captions.T, labels)
+                    + F.cross_entropy(scale * captions[:batch] @ images.T, labels)) / 2
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        model.eval()
+        after_stage.append(accuracy(model, fresh, fresh_pixels, kinds))
+        if curriculum is not None:  # and on fresh scenes of the stage's own world
+            own = make_rows(n_eval, seed + 3 + 10 * number, stage_world, kinds)
+            own_world.append(accuracy(model, own, pixels(own), kinds))
     seconds = round(time.perf_counter() - start, 1)
     return {"hidden": hidden, "layers": layers, "patch": patch, "embed_dim": embed_dim, "steps": steps,
-            "n_train": n_train,
+            "n_train": n_train, "curriculum": curriculum,
             "kinds": list(kinds), "batch": batch, "lr": lr, "seed": seed,
             "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 3),
             "seen": accuracy(model, train[:n_eval], train_pixels[:n_eval], kinds),
-            "new": accuracy(model, fresh, fresh_pixels, kinds),
+            "new": after_stage[-1], "new_after_each_stage": after_stage, "stage_world_new": own_world,
             "probe": {"untrained": untrained, "trained": tower_probe(model, world, probe_n)},
             "seconds": seconds}
 
@@ -262,6 +285,9 @@ def main() -> None:
     parser.add_argument("--max-objects", type=int, default=None,
                         help="objects per scene at most (default: the world's); 2 asks whether relations are learnt "
                              "where each caption has one")
+    parser.add_argument("--curriculum", default=None,
+                        help="stages '<objects>:<relations|all>:<steps>/...', e.g. 2:above+below:400/2:all:400/3:all:400"
+                             " (relations joined by +); replaces --steps; scored on the world of --max-objects")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -295,8 +321,9 @@ def main() -> None:
         for n_train in args.n_train:
             row = run(hidden, layers, args.patch, args.embed_dim, args.steps, n_train, args.n_eval, kinds, args.batch,
                       args.lr,
-                      args.seed, args.probe_n, args.max_objects)
-            key = f"{size}/p{args.patch}/e{args.embed_dim}/{args.steps}steps/n{n_train}/{'+'.join(kinds)}/s{args.seed}"
+                      args.seed, args.probe_n, args.max_objects, args.curriculum)
+            schedule = f"curriculum[{args.curriculum}]" if args.curriculum else f"{args.steps}steps"
+            key = f"{size}/p{args.patch}/e{args.embed_dim}/{schedule}/n{n_train}/{'+'.join(kinds)}/s{args.seed}"
             if args.max_objects is not None:
                 key += f"/max{args.max_objects}objects"
             results["runs"][key] = row

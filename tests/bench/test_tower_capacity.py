@@ -96,3 +96,21 @@ def test_unknown_kind_is_refused(tmp_path):
                            "--out", str(tmp_path / "x.json")],
                           check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unknown kinds ['colour_swap']" in done.stderr
+
+
+def test_a_curriculum_runs_its_stages_in_order_and_scores_each(tmp_path):
+    tower_capacity = _bench_module()
+    assert tower_capacity.parse_curriculum("2:above+below:400/3:all:100") == [(2, ("above", "below"), 400),
+                                                                                (3, None, 100)]
+    out = tmp_path / "capacity.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "tower_capacity.py"), "--sizes", "32x1",
+                           "--n-train", "30", "--n-eval", "20", "--batch", "8", "--threads", "1", "--probe-n", "100",
+                           "--kinds", "replace_relation,swap_relation_order", "--curriculum", "2:above+below:2/3:all:1",
+                           "--out", str(out)],
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (key, row), = json.loads(out.read_text())["runs"].items()
+    assert "/curriculum[2:above+below:2/3:all:1]/n30/" in key
+    assert len(row["new_after_each_stage"]) == len(row["stage_world_new"]) == 2
+    assert row["new"] == row["new_after_each_stage"][-1]
+    assert set(row["stage_world_new"][0]) == {"replace_relation", "swap_relation_order"}
