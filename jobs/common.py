@@ -25,10 +25,11 @@ from maple.models.batch_inference import EmbedColumns
 from maple.models.families import build_embedder
 from maple.recipes.reranker import RerankerTask, split_rows, training_section
 from maple.retrieval.index import build_index
-from maple.runtime import check_accelerator, cluster_capacity, cluster_gpus
+from maple.runtime import cluster_gpus
 from maple.section import SetupError
 from maple.serving.models import TINY_SOURCE, local_model_dir, model_card, tiny_embedder
 from maple.serving.search_index import save_search_index
+from maple.stages.capacity import check_accelerator, cluster_capacity
 from maple.stages.evaluate import evaluate_many
 from maple.stages.mining import mine_pairs
 from maple.tracking import log_metrics, mlflow_run, model_dir, register_model, tracking_uri, training_run

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 
 from maple.config import Config, ConfigError, load_config
-from maple.section import RunConfig, SetupError
+from maple.section import RunConfig
 
 
 def parse_config(argv: list[str] | None, description: str) -> Config:
@@ -52,40 +51,6 @@ def init_ray(run: RunConfig, quiet: bool = False, **kwargs) -> str | None:
     if quiet:
         data.enable_progress_bars = False
     return logs
-
-
-def autoscaling() -> bool:
-    """Whether an autoscaler runs for this Ray cluster: its groups may be at zero nodes until a job asks for them
-    (cluster/*.yaml). Ray's monitor writes its status to the GCS on every cluster, a local one too; only an
-    autoscaler adds its report."""
-    import json
-
-    import ray.experimental.internal_kv
-    from ray._private import ray_constants
-
-    status = ray.experimental.internal_kv._internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-    return bool(status) and "autoscaler_report" in json.loads(status)
-
-
-def cluster_capacity() -> dict[str, float]:
-    """The resources the start-up checks count on: the Ray cluster's own, unless an autoscaler runs: then CPUs and
-    GPUs count as unbounded and the autoscaler itself reports work that no node type can run."""
-    import ray
-
-    resources = dict(ray.cluster_resources())
-    if autoscaling():
-        resources.update(CPU=math.inf, GPU=math.inf)
-    return resources
-
-
-def check_accelerator(accelerator_type: str | None, key: str, resources: dict[str, float]) -> None:
-    """Work pinned to one GPU type (`accelerator_type:<name>`, which Ray puts on a node with that GPU) on a cluster
-    with no such node and no autoscaler to start one would wait forever: refuse it, naming the types there are."""
-    if not accelerator_type or autoscaling() or resources.get(f"accelerator_type:{accelerator_type}", 0) > 0:
-        return
-    there = sorted(k.removeprefix("accelerator_type:") for k in resources if k.startswith("accelerator_type:"))
-    raise SetupError(f"{key}={accelerator_type}: no node of this Ray cluster has that GPU (it has "
-                     f"{', '.join(there) or 'no accelerator type'}); set {key} to one of those, or leave it unset")
 
 
 def cluster_gpus() -> float:

@@ -31,8 +31,8 @@ from maple.judge.config import JudgeConfig
 from maple.mining.config import MineConfig
 from maple.retrieval.index import VectorIndex, build_index
 from maple.rewrite.config import RewriteConfig
-from maple.runtime import check_accelerator, cluster_capacity
 from maple.section import RunConfig, SetupError
+from maple.stages.capacity import check_accelerator, cluster_capacity
 from maple.stages.mine_steps import (
     EmbedPairs,
     JudgeQueries,

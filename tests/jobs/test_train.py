@@ -78,8 +78,8 @@ def test_use_gpu_on_a_cluster_without_gpus_fails_in_one_sentence(workers, asked)
 def test_an_accelerator_type_no_node_has_fails_in_one_sentence(ray_local):
     """Without an autoscaler (none runs for the tests' local Ray), work pinned to a GPU type that no node has would
     wait forever: the training and mining jobs refuse it first (judge.accelerator_type goes through the same check)."""
-    from maple.runtime import check_accelerator
     from maple.section import SetupError
+    from maple.stages.capacity import check_accelerator
 
     here = {"CPU": 4.0, "accelerator_type:A10G": 1.0}
     with pytest.raises(SetupError, match=r"^train.accelerator_type=H100: no node of this Ray cluster has that GPU "
