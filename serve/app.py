@@ -1,7 +1,7 @@
 """The maple server: a Ray Serve application of four deployments behind one HTTP API.
 
-    Api (FastAPI ingress) ──► Embedder  (@serve.batch: texts and images of many requests in one forward pass)
-                          ├─► Reranker  (@serve.batch)
+    Api (FastAPI ingress) ──► Embedder  (batched: texts and images of many requests in one forward pass)
+                          ├─► Reranker  (batched: the pairs of many requests in one pass)
                           └─► Search    (ANN indexes over a corpus, one per modality, built by jobs/index.py)
 
 Routes (docs/serving.md): POST /v1/embeddings (OpenAI), POST /v1/rerank (Cohere v1/Jina), POST /v2/rerank
@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -54,9 +55,10 @@ from maple.serving.api import (
     index_for,
     truncate_dimensions,
 )
+from maple.serving.batching import Batcher
 from maple.serving.config import ServeConfig
 from maple.serving.errors import ApiError, ItemError
-from maple.serving.http import GuardSettings, RequestGuard, check_port_free, install_error_handlers
+from maple.serving.http import GuardSettings, RequestGuard, check_port_free, install_error_handlers, model_timer
 from maple.serving.inputs import Content, Limits, decoded, key_digest, parse_input, parse_inputs
 from maple.serving.page import search_page
 from maple.serving.pixels import PixelBudget
@@ -90,6 +92,42 @@ def _total_inputs(chunks: list[list[Content]]) -> int:
     return sum(len(chunk) for chunk in chunks)
 
 
+async def _call_once_more_if_lost(method, payload):
+    """A model replica call, sent once more when its replica died or could not be reached under it (its node lost:
+    RayActorError, ActorDiedError and ActorUnavailableError alike); Serve's router then picks a live replica.
+    Embedding and scoring are idempotent, so a second call is safe (docs/cluster.md, "When a node dies")."""
+    try:
+        return await method.remote(payload)
+    except RayActorError as exc:
+        logger.warning("a model replica failed (%s); retrying the call once", type(exc).__name__)
+        return await method.remote(payload)
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+class BatchStats:
+    """What a model replica's batches held: their ratio is the mean executed batch (bench/serve_load.py)."""
+
+    def __init__(self):
+        self.batches = self.inputs = self.requests = 0
+        self.forward_s = 0.0
+
+    def add(self, inputs: int, requests: int, seconds: float) -> None:
+        self.batches, self.inputs, self.requests = self.batches + 1, self.inputs + inputs, self.requests + requests
+        self.forward_s += seconds
+
+    def as_dict(self) -> dict:
+        import torch
+
+        return {"batches": self.batches, "inputs": self.inputs, "requests": self.requests, "forward_s": self.forward_s,
+                "torch_threads": torch.get_num_threads()}
+
+
 # Each replica's logical CPUs are set by build_app from serve.num_cpus (maple/serving/placement.py), so that the
 # defaults fit the machine they start on; a Serve config's `ray_actor_options` overrides them.
 @serve.deployment(max_ongoing_requests=64)
@@ -97,31 +135,35 @@ class Embedder:
     """The embedding model; concurrent calls are batched by input count, up to `max_batch_size` inputs."""
 
     def __init__(self, spec: str | None, device: str | None, tracking_uri: str | None, max_batch_size: int,
-                 batch_wait_timeout_s: float):
+                 batch_wait_timeout_s: float, torch_threads: int | None = None):
         from maple.serving.models import load_served_embedder  # torch loads only in model replicas
 
+        _set_torch_threads(torch_threads)
         self.model, self.card = load_served_embedder(spec, device, tracking_uri)
-        self.embed.set_max_batch_size(max_batch_size)
-        self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.batches = self.batched_inputs = 0
+        self.batcher = Batcher(self._run, max_batch_size, batch_wait_timeout_s, size_of=len)
+        self.stats = BatchStats()
 
     def model_card(self) -> ModelCard:
         return self.card
 
     def batch_stats(self) -> dict:
-        """Forward passes run and inputs embedded since start: their ratio is the mean batch size."""
-        return {"batches": self.batches, "inputs": self.batched_inputs}
+        """Batches run since start, the inputs and calls they held, and their forward seconds."""
+        return self.stats.as_dict()
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_total_inputs)
-    async def embed(self, chunks: list[list[Content]]) -> list[tuple[np.ndarray, list[int]] | ItemError]:
-        """Each call passes one chunk of a request's inputs (at most max_batch_size, cut by the Api). A chunk that
-        fails comes back as its own ItemError (maple.serving.models.embed_chunks): Serve would hand an exception
-        raised here to every caller of the batch."""
+    async def embed(self, chunk: list[Content]) -> tuple[np.ndarray, list[int]] | ItemError:
+        """One chunk of a request's inputs (at most max_batch_size, cut by the Api) -> (vectors, token counts), or
+        its own ItemError when one of its inputs fails the model (`embed_chunks`): the batch's other callers are
+        unaffected."""
+        return await self.batcher(chunk)
+
+    async def _run(self, chunks: list[list[Content]]) -> list[tuple[np.ndarray, list[int]] | ItemError]:
         from maple.serving.models import embed_chunks
 
-        self.batches, self.batched_inputs = self.batches + 1, self.batched_inputs + _total_inputs(chunks)
-        # In a thread: the replica keeps queueing the next batch while this one runs.
-        return await asyncio.to_thread(embed_chunks, self.model, chunks)
+        start = time.perf_counter()
+        # In a thread: the replica keeps receiving calls, which queue for the next batch, while this one runs.
+        out = await asyncio.to_thread(embed_chunks, self.model, chunks)
+        self.stats.add(_total_inputs(chunks), len(chunks), time.perf_counter() - start)
+        return out
 
 
 @serve.deployment(max_ongoing_requests=32)
@@ -129,21 +171,32 @@ class Reranker:
     """The reranker (`maple.models.reranker`): `score(query, candidates)` for each batched (query, candidates)."""
 
     def __init__(self, spec: str | None, device: str | None, tracking_uri: str | None, max_batch_size: int,
-                 batch_wait_timeout_s: float):
+                 batch_wait_timeout_s: float, torch_threads: int | None = None):
         from maple.serving.models import load_served_reranker
 
+        _set_torch_threads(torch_threads)
         self.model, self.card = load_served_reranker(spec, device, tracking_uri)
-        self.rerank.set_max_batch_size(max_batch_size)
-        self.rerank.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.batcher = Batcher(self._run, max_batch_size, batch_wait_timeout_s)
+        self.stats = BatchStats()
 
     def model_card(self) -> ModelCard:
         return self.card
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def rerank(self, requests: list[tuple[Content, list[Content]]]) -> list[list[float] | ItemError]:
+    def batch_stats(self) -> dict:
+        """Batches run since start, the requests they held (`inputs` counts requests here), their forward seconds."""
+        return self.stats.as_dict()
+
+    async def rerank(self, request: tuple[Content, list[Content]]) -> list[float] | ItemError:
+        """One request's (query, documents) -> its scores; concurrent requests' pairs run together (`score_each`)."""
+        return await self.batcher(request)
+
+    async def _run(self, requests: list[tuple[Content, list[Content]]]) -> list[list[float] | ItemError]:
         from maple.serving.models import score_each
 
-        return await asyncio.to_thread(score_each, self.model, requests)
+        start = time.perf_counter()
+        out = await asyncio.to_thread(score_each, self.model, requests)
+        self.stats.add(len(requests), len(requests), time.perf_counter() - start)
+        return out
 
 
 @serve.deployment(max_ongoing_requests=64)
@@ -203,26 +256,21 @@ class Api:
                                 f"(version {card.version}); see GET /v1/models", "model_not_found", "model")
 
     async def _embed_chunk(self, chunk: list[Content]):
-        """One Embedder call, sent once more when its replica died or could not be reached under it (its node
-        lost: RayActorError, ActorDiedError and ActorUnavailableError alike); Serve's router then picks a live
-        replica. Embedding is idempotent, so a second call is safe (docs/cluster.md, "When a node dies")."""
-        try:
-            return await self.embedder.embed.remote(chunk)
-        except RayActorError as exc:
-            logger.warning("an Embedder replica failed (%s); retrying the call once", type(exc).__name__)
-            return await self.embedder.embed.remote(chunk)
+        return await _call_once_more_if_lost(self.embedder.embed, chunk)
 
     async def _embed(self, contents: list[Content], param: str = "input") -> tuple[np.ndarray, list[int]]:
         size = self.cfg.max_batch_size
-        parts = await asyncio.gather(*(self._embed_chunk(contents[i:i + size])
-                                       for i in range(0, len(contents), size)))
+        with model_timer():
+            parts = await asyncio.gather(*(self._embed_chunk(contents[i:i + size])
+                                           for i in range(0, len(contents), size)))
         for k, part in enumerate(parts):
             if isinstance(part, ItemError):
                 raise part.to_api_error(offset=k * size, param=param)
         return np.concatenate([p[0] for p in parts]), [n for p in parts for n in p[1]]
 
     async def _rerank(self, query: Content, documents: list[Content]) -> list[float]:
-        scores = await self.reranker.rerank.remote((query, documents))
+        with model_timer():
+            scores = await _call_once_more_if_lost(self.reranker.rerank, (query, documents))
         if isinstance(scores, ItemError):
             raise scores.to_api_error(param="documents")
         return scores
@@ -329,13 +377,14 @@ def build_app(args: dict | None = None) -> Application:
         _warn_no_key(cfg.insecure)
     cpus = cpu_shares(serve_cpus(cfg.num_cpus, _cluster_cpus()))
 
-    def placed(deployment):
-        return deployment.options(ray_actor_options={"num_cpus": cpus[deployment.name]})
+    def placed(deployment, num_gpus: float = 0.0):
+        return deployment.options(ray_actor_options={"num_cpus": cpus[deployment.name], "num_gpus": num_gpus})
 
-    embedder = placed(Embedder).bind(cfg.embedder, cfg.device, cfg.mlflow_tracking_uri, cfg.max_batch_size,
-                                     cfg.batch_wait_timeout_s)
-    reranker = placed(Reranker).bind(cfg.reranker, cfg.device, cfg.mlflow_tracking_uri, cfg.rerank_max_batch_size,
-                                     cfg.batch_wait_timeout_s)
+    embedder = placed(Embedder, cfg.num_gpus).bind(cfg.embedder, cfg.device, cfg.mlflow_tracking_uri,
+                                                   cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.torch_threads)
+    reranker = placed(Reranker, cfg.num_gpus).bind(cfg.reranker, cfg.device, cfg.mlflow_tracking_uri,
+                                                   cfg.rerank_max_batch_size, cfg.batch_wait_timeout_s,
+                                                   cfg.torch_threads)
     return placed(Api).bind(embedder, reranker, placed(Search).bind(cfg.index_folders), cfg.model_dump(), digest)
 
 

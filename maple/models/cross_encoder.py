@@ -94,10 +94,16 @@ class CrossEncoderReranker(Reranker):
     def pair_logits(self, queries: list[Item], candidates: list[Item]) -> torch.Tensor:
         if len(queries) != len(candidates):
             raise ValueError(f"pair_logits: {len(queries)} queries but {len(candidates)} candidates")
-        # One query repeated (score(), a list) is encoded once.
-        if all(q is queries[0] for q in queries):
-            return self._joint_logits(self._tokens(queries[:1]), self._tokens(candidates))
-        return self._joint_logits(self._tokens(queries), self._tokens(candidates))
+        # A query repeated over its candidates (score(), a list, a server's batch of lists) is encoded once.
+        first: dict[int, int] = {}
+        for q in queries:
+            first.setdefault(id(q), len(first))
+        if len(first) == len(queries):
+            return self._joint_logits(self._tokens(queries), self._tokens(candidates))
+        distinct = list({id(q): q for q in queries}.values())
+        rows = torch.tensor([first[id(q)] for q in queries], device=self.device)
+        q_states, q_mask, q_emb = self._tokens(distinct)
+        return self._joint_logits((q_states[rows], q_mask[rows], q_emb[rows]), self._tokens(candidates))
 
     def list_logits(self, queries: list[Item], candidate_lists: list[list[Item]]) -> torch.Tensor:
         size = list_size(candidate_lists)

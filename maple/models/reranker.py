@@ -70,17 +70,27 @@ class Reranker(nn.Module, ABC):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    @torch.no_grad()
     def score(self, query: Item, candidates: list[Item], batch_size: int = 32) -> list[float]:
         """logit_Yes − logit_No for (query, c) for every candidate, in order; higher = more relevant."""
+        return self.score_many([(query, candidates)], batch_size)[0]
+
+    @torch.no_grad()
+    def score_many(self, requests: list[tuple[Item, list[Item]]], batch_size: int = 32) -> list[list[float]]:
+        """`score` for several (query, candidates) at once: their pairs run through the model together, `batch_size`
+        pairs per forward pass, so a server's batch of small requests fills the passes."""
         was_training = self.training
         self.eval()
-        out: list[float] = []
-        for i in range(0, len(candidates), batch_size):
-            chunk = list(candidates[i:i + batch_size])
-            logits = self.pair_logits([query] * len(chunk), chunk).float()
-            out.extend((logits[:, 0] - logits[:, 1]).cpu().tolist())
+        pairs = [(query, c) for query, candidates in requests for c in candidates]
+        flat: list[float] = []
+        for i in range(0, len(pairs), batch_size):
+            queries, chunk = zip(*pairs[i:i + batch_size])
+            logits = self.pair_logits(list(queries), list(chunk)).float()
+            flat.extend((logits[:, 0] - logits[:, 1]).cpu().tolist())
         self.train(was_training)
+        out, start = [], 0
+        for _, candidates in requests:
+            out.append(flat[start:start + len(candidates)])
+            start += len(candidates)
         return out
 
     def _write_manifest(self, path: Path, settings: dict[str, Any]) -> None:

@@ -25,6 +25,10 @@ class ServeConfig(Section):
     # (maple/serving/placement.py); None: 2, or the cluster's CPUs where it has fewer. serve/config.yaml's
     # `ray_actor_options` override it under `serve run`/`serve deploy`.
     num_cpus: float | None = Field(default=None, gt=0)
+    # GPUs each model replica (Embedder, Reranker) asks for: 0 on CPU; e.g. 0.5 puts both on one GPU
+    num_gpus: float = Field(default=0.0, ge=0)
+    # torch's intra-op threads in each model replica; None: what Ray gives it (OMP_NUM_THREADS = its CPUs, at least 1)
+    torch_threads: int | None = Field(default=None, gt=0)
     mlflow_tracking_uri: str | None = None  # for models:/ specs; None: MLFLOW_TRACKING_URI of the replicas
     # batching (@serve.batch); max_batch_size 1 turns batching off (bench/serve_load.py compares the two)
     max_batch_size: int = 32

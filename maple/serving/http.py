@@ -8,7 +8,10 @@ import ipaddress
 import json
 import logging
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -42,6 +45,28 @@ def check_port_free(host: str, port: int) -> None:
                              f"still running); stop it or choose another port, e.g. serve.port={port + 1}") from None
 
 
+# Per request: milliseconds the ingress spent waiting on model replicas (a dict, so that the tasks a route spawns add to
+# the request's own), reported with the ingress's total in the `Server-Timing` response header.
+_MODEL_MS: ContextVar[dict[str, float] | None] = ContextVar("maple_model_ms", default=None)
+
+
+@contextmanager
+def model_timer() -> Iterator[None]:
+    """Count the block's wall time as the request's `model` time in its `Server-Timing` header."""
+    start, timings = time.perf_counter(), _MODEL_MS.get()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings["model"] = timings.get("model", 0.0) + 1000 * (time.perf_counter() - start)
+
+
+def server_timing(app_ms: float, timings: dict[str, float]) -> bytes:
+    """The `Server-Timing` header (W3C): `app` the ingress from request to response, `model` its model calls."""
+    parts = [f"app;dur={app_ms:.1f}"] + [f"{name};dur={ms:.1f}" for name, ms in timings.items()]
+    return ", ".join(parts).encode("latin-1")
+
+
 @dataclass(frozen=True)
 class GuardSettings:
     max_body_bytes: int
@@ -62,7 +87,8 @@ def is_loopback_client(client: tuple[str, int] | None) -> bool:
 class RequestGuard:
     """ASGI middleware: 401 without the bearer token (when one is configured), 401 for a client beyond loopback
     when no key is configured (unless `insecure`), 413 for a body over the limit — judged on Content-Length when
-    sent and on the bytes actually received otherwise (chunked uploads)."""
+    sent and on the bytes actually received otherwise (chunked uploads). Every response it lets through carries a
+    `Server-Timing` header: where the request's time went inside the server (bench/serve_load.py reads it)."""
 
     def __init__(self, app, settings: Callable[[], GuardSettings]):
         self.app, self.settings = app, settings
@@ -70,6 +96,7 @@ class RequestGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        start = time.perf_counter()
         settings = self.settings()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
@@ -101,9 +128,16 @@ class RequestGuard:
                     return {"type": "http.disconnect"}  # the app stops reading, as if the client had gone
             return message
 
+        timings: dict[str, float] = {}
+        _MODEL_MS.set(timings)
+
         async def guarded_send(message):
-            if not refused:
-                await send(message)
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                header = (b"server-timing", server_timing(1000 * (time.perf_counter() - start), timings))
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
 
         try:
             await self.app(scope, counting_receive, guarded_send)

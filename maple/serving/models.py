@@ -154,7 +154,13 @@ def _embed_alone(model: Embedder, chunk: list[Content]) -> tuple[np.ndarray, lis
 
 
 def score_each(model, requests: list[tuple[Content, list[Content]]]) -> list[list[float] | ItemError]:
-    """The Reranker's batch: each (query, documents) scored on its own; a request that fails gets its ItemError."""
+    """The Reranker's batch: every request's (query, document) pairs through the model together
+    (`Reranker.score_many`); when the batch raises, each request is scored alone and one that fails gets its
+    ItemError, the others what they would get alone."""
+    try:
+        return model.score_many(requests)
+    except Exception:  # noqa: BLE001, S110 - whatever the model raises, it must not reach the other callers
+        pass  # each request alone, below
     out: list[list[float] | ItemError] = []
     for query, documents in requests:
         try:

@@ -58,6 +58,16 @@ def test_batched_scores_equal_one_pair_at_a_time(reranker):
     np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-5)
 
 
+def test_score_many_equals_each_request_scored_alone(reranker):
+    """A server batches several requests' pairs into one pass (queries of either modality, lists of any length): each
+    request must get the scores it gets alone."""
+    requests = [(TEXTS[0], IMAGES), (IMAGES[1], TEXTS), (TEXTS[1], [IMAGES[2]]), (TEXTS[0], [TEXTS[2], IMAGES[0]])]
+    many = reranker.score_many(requests, batch_size=4)  # chunks cut across requests
+    assert [len(m) for m in many] == [3, 3, 1, 2]
+    for got, (query, candidates) in zip(many, requests):
+        np.testing.assert_allclose(got, reranker.score(query, candidates), rtol=1e-4, atol=1e-5)
+
+
 def test_generative_pair_logits_are_the_full_lm_heads_yes_no_logits_at_the_answer_position():
     model = build_reranker(RerankerConfig(kind="generative")).eval()
     images: list = []

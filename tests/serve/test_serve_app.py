@@ -105,6 +105,35 @@ def test_rerank_orders_documents_by_the_rerankers_scores(server, reranker):
     assert (body["model"], body["model_version"]) == ("tiny-cross-encoder", "local")
 
 
+def test_concurrent_reranks_share_batches_and_each_gets_its_own_scores(server, reranker):
+    """The Reranker runs the pairs of several requests in one pass (`score_many`); lists of different lengths and
+    queries must not mix."""
+    from ray import serve
+
+    queries = [f"a {c} circle" for c in ("red", "blue", "green", "white", "yellow", "purple")]
+    documents = [[f"a {s} {c} square" for s in ("small", "large")][: 1 + i % 2] + ["a diamond"] for i, c in
+                 enumerate(queries)]
+    stats = serve.get_deployment_handle("Reranker", app_name="maple").batch_stats
+    before = stats.remote().result()
+    with ThreadPoolExecutor(len(queries)) as pool:
+        bodies = list(pool.map(lambda qd: post(server, "/v1/rerank", {"query": qd[0], "documents": qd[1]}).json(),
+                               zip(queries, documents)))
+    after = stats.remote().result()
+    assert after["requests"] - before["requests"] == len(queries)
+    for body, query, docs in zip(bodies, queries, documents):
+        got = {r["index"]: r["relevance_score"] for r in body["results"]}
+        np.testing.assert_allclose([got[i] for i in range(len(docs))], reranker.score(query, docs), atol=1e-4)
+
+
+def test_responses_say_where_the_server_spent_the_time(server):
+    """`Server-Timing` (W3C): `app` the ingress's whole time, `model` the part spent waiting on the model replica."""
+    response = post(server, "/v1/embeddings", {"input": TEXTS[0]})
+    timing = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+    assert set(timing) == {"app", "model"} and 0 < float(timing["model"]) <= float(timing["app"])
+    error = post(server, "/v1/embeddings", {"input": []})  # refused before any model call: no `model` part
+    assert error.status_code == 422 and error.headers["server-timing"].startswith("app;dur=")
+
+
 def test_cohere_v2_client_reranks_through_v2_rerank(server, reranker):
     """cohere.ClientV2 (Cohere's current client) calls POST /v2/rerank with string documents and a required model."""
     import cohere
