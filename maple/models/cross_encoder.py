@@ -95,13 +95,11 @@ class CrossEncoderReranker(Reranker):
         if len(queries) != len(candidates):
             raise ValueError(f"pair_logits: {len(queries)} queries but {len(candidates)} candidates")
         # A query repeated over its candidates (score(), a list, a server's batch of lists) is encoded once.
-        first: dict[int, int] = {}
-        for q in queries:
-            first.setdefault(id(q), len(first))
-        if len(first) == len(queries):
+        distinct = list({id(q): q for q in queries}.values())  # in first-seen order
+        if len(distinct) == len(queries):
             return self._joint_logits(self._tokens(queries), self._tokens(candidates))
-        distinct = list({id(q): q for q in queries}.values())
-        rows = torch.tensor([first[id(q)] for q in queries], device=self.device)
+        row = {id(q): i for i, q in enumerate(distinct)}
+        rows = torch.tensor([row[id(q)] for q in queries], device=self.device)
         q_states, q_mask, q_emb = self._tokens(distinct)
         return self._joint_logits((q_states[rows], q_mask[rows], q_emb[rows]), self._tokens(candidates))
 

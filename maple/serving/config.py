@@ -30,7 +30,7 @@ class ServeConfig(Section):
     # torch's intra-op threads in each model replica; None: what Ray gives it (OMP_NUM_THREADS = its CPUs, at least 1)
     torch_threads: int | None = Field(default=None, gt=0)
     mlflow_tracking_uri: str | None = None  # for models:/ specs; None: MLFLOW_TRACKING_URI of the replicas
-    # batching (@serve.batch); max_batch_size 1 turns batching off (bench/serve_load.py compares the two)
+    # batching (maple.serving.batching); max_batch_size 1 turns batching off (bench/serve_load.py compares the two)
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.01
     rerank_max_batch_size: int = 8

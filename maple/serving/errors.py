@@ -36,8 +36,9 @@ def error_body(status: int, message: str, code: str, param: str | None = None) -
 
 
 class ItemError:
-    """What a batched model call returns, as a value, for a caller whose input failed inside the batch: `@serve.batch`
-    hands an exception raised by the batch to every caller in it, so the batch catches and returns it per caller.
+    """What a batched model call returns, as a value, for a caller whose input failed inside the batch: an exception
+    raised by the batch would reach every caller in it (`maple.serving.batching.Batcher`, as `@serve.batch`), so the
+    batch catches and returns it per caller.
     `index`: the failing input's position in that caller's chunk (None: the chunk as a whole)."""
 
     def __init__(self, index: int | None, message: str):

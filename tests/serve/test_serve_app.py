@@ -309,7 +309,7 @@ def test_unknown_routes_are_404_with_an_error_body(server):
 
 
 def test_an_input_that_breaks_the_model_fails_only_its_caller_inside_a_shared_batch(server, embedder):
-    """Straight to the Embedder (the ingress would refuse the text with 422): `@serve.batch` puts concurrent calls in
+    """Straight to the Embedder (the ingress would refuse the text with 422): its batcher puts concurrent calls in
     one batch, and the failing chunk must come back to its caller alone."""
     from ray import serve
 
