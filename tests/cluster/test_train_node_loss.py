@@ -10,6 +10,7 @@ run without the loss ends.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +26,7 @@ from jobs.common import train
 from maple.config import load_config
 from maple.models.families import load_embedder
 from maple.recipes.embedder import EmbedderTask
+from maple.train.loop import storage_path
 from tests.fixtures.cluster import BASE_GROUPS, wait_for_alive_nodes
 
 pytestmark = pytest.mark.cluster
@@ -85,6 +87,21 @@ def _wait_for(path: Path, job: Future, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
+def _wait_for_registered_checkpoint(experiment: Path, job: Future, timeout_s: float) -> None:
+    """Ray Train registers a reported checkpoint when its controller next polls the workers (the report returns
+    before that), and writes its checkpoint manager's snapshot then. A node lost before that poll loses the
+    checkpoint too and the run restarts from the one before (here: from scratch), so the test kills the node only
+    once the controller holds the checkpoint."""
+    snapshot = experiment / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + timeout_s
+    while not (snapshot.exists() and json.loads(snapshot.read_text()).get("latest_checkpoint_result")):
+        if job.done():
+            raise AssertionError(f"the run ended before its checkpoint was registered: {job.exception()!r}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no checkpoint registered in {snapshot} after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
@@ -121,6 +138,7 @@ def test_training_loses_a_node_and_resumes_from_its_checkpoint_on_a_node_added_b
     job = pool.submit(train, cfg, task, datasets, run_name="node-loss", register_name="")
     try:
         _wait_for(folder / "holding", job, timeout_s=240)
+        _wait_for_registered_checkpoint(Path(storage_path(cfg.train, cfg.run)) / "node-loss", job, timeout_s=60)
         doomed_id = (folder / "holding").read_text()
         doomed = sim_cluster.node_by_id(doomed_id)
         assert sim_cluster.groups[doomed] == "gpu_a100x8"
