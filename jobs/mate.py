@@ -121,7 +121,7 @@ def llm_targets(cfg: Config, long_texts: Path, init_dir: str) -> Path:
         ds = ray.data.read_parquet(str(long_texts / split))
         ds = ds.map_batches(EmbedColumns, fn_constructor_kwargs=dict(model_path=init_dir, text_columns=TEXTS,
                                                                       batch_size=cfg.eval.batch_size),
-                            batch_size=cfg.eval.batch_size, concurrency=1, num_cpus=1)
+                            batch_size=cfg.eval.batch_size, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
         ds.write_parquet(str(out / split))
         done.write_text("")
     return out

@@ -30,7 +30,7 @@ def embed_table(path: Path, model_path: str | dict[str, str], batch_size: int = 
     ds = ray.data.read_parquet(str(path))
     ds = ds.map_batches(EmbedColumns, fn_constructor_kwargs=dict(model_path=model_path, **columns,
                                                                   batch_size=batch_size),
-                        batch_size=batch_size, concurrency=1, num_cpus=1)
+                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
     return ds.drop_columns(list(columns.get("image_columns", ()))).to_pandas()
 
 

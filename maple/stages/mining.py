@@ -78,7 +78,7 @@ def embed_pairs(good: ray.data.Dataset, model_path: str, mine: MineConfig) -> di
     driver (candidates are global: every shard's, even finished ones, are needed)."""
     embedded = good.map_batches(
         EmbedPairs, fn_constructor_kwargs={"model_path": model_path, "batch_size": mine.embed_batch_size},
-        batch_size=mine.embed_batch_size, concurrency=mine.embed_concurrency, num_cpus=1,
+        batch_size=mine.embed_batch_size, compute=ray.data.ActorPoolStrategy(size=mine.embed_concurrency), num_cpus=1,
         max_restarts=mine.max_actor_restarts, max_task_retries=ACTOR_TASK_RETRIES)
     ids, shards, image_emb, caption_embs, content, failed = [], [], [], [], [], []
     for batch in embedded.iter_batches(batch_size=mine.embed_batch_size, batch_format="pyarrow"):
@@ -190,13 +190,14 @@ def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunC
         elif rewrite.backend != "none" and "i2t" in mine.directions:  # an LLM: one model per actor
             ds = ds.map_batches(
                 ProposeRewrites, batch_format="pyarrow", batch_size=per_batch, fn_constructor_kwargs=rewriting,
-                concurrency=rewrite.num_actors, num_cpus=rewrite.cpus_per_actor,
+                compute=ray.data.ActorPoolStrategy(size=rewrite.num_actors), num_cpus=rewrite.cpus_per_actor,
                 num_gpus=rewrite.gpus_per_actor or None,
                 max_restarts=mine.max_actor_restarts, max_task_retries=ACTOR_TASK_RETRIES)
         ds = ds.map_batches(
             judge_class, batch_format="pyarrow", batch_size=per_batch,
             fn_constructor_kwargs={"judge": judge.model_dump(), "store": store},
-            concurrency=judge.num_actors, num_cpus=judge.cpus_per_actor, num_gpus=judge.gpus_per_actor or None,
+            compute=ray.data.ActorPoolStrategy(size=judge.num_actors), num_cpus=judge.cpus_per_actor,
+            num_gpus=judge.gpus_per_actor or None,
             accelerator_type=judge.accelerator_type, max_restarts=mine.max_actor_restarts,
             max_task_retries=ACTOR_TASK_RETRIES)
         ds = ds.map_batches(mine_queries, batch_format="pyarrow", batch_size=per_batch, num_cpus=0.5,
