@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -77,29 +78,27 @@ def _steps(folder: Path) -> list[tuple[int, int, str, float]]:
             (line.split() for line in (folder / "steps").read_text().splitlines())]
 
 
-def _wait_for(path: Path, job: Future, timeout_s: float) -> None:
+def _wait_for(done: Callable[[], bool], what: str, job: Future, timeout_s: float) -> None:
+    """Poll `done` until it holds; fail at once if the run ends first, or after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
-    while not path.exists():
+    while not done():
         if job.done():
-            raise AssertionError(f"the run ended before {path.name} appeared: {job.exception()!r}")
+            raise AssertionError(f"the run ended before {what}: {job.exception()!r}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{path.name} did not appear in {timeout_s:.0f} s")
+            raise TimeoutError(f"not in {timeout_s:.0f} s: {what}")
         time.sleep(0.2)
 
 
-def _wait_for_registered_checkpoint(experiment: Path, job: Future, timeout_s: float) -> None:
+def _checkpoint_registered(experiment: Path) -> bool:
     """Ray Train registers a reported checkpoint when its controller next polls the workers (the report returns
     before that), and writes its checkpoint manager's snapshot then. A node lost before that poll loses the
     checkpoint too and the run restarts from the one before (here: from scratch), so the test kills the node only
     once the controller holds the checkpoint."""
-    snapshot = experiment / "checkpoint_manager_snapshot.json"
-    deadline = time.monotonic() + timeout_s
-    while not (snapshot.exists() and json.loads(snapshot.read_text()).get("latest_checkpoint_result")):
-        if job.done():
-            raise AssertionError(f"the run ended before its checkpoint was registered: {job.exception()!r}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no checkpoint registered in {snapshot} after {timeout_s:.0f} s")
-        time.sleep(0.2)
+    try:
+        snapshot = json.loads((experiment / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or caught mid-write
+        return False
+    return bool(snapshot.get("latest_checkpoint_result"))
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -137,8 +136,9 @@ def test_training_loses_a_node_and_resumes_from_its_checkpoint_on_a_node_added_b
     started = time.monotonic()
     job = pool.submit(train, cfg, task, datasets, run_name="node-loss", register_name="")
     try:
-        _wait_for(folder / "holding", job, timeout_s=240)
-        _wait_for_registered_checkpoint(Path(storage_path(cfg.train, cfg.run)) / "node-loss", job, timeout_s=60)
+        _wait_for((folder / "holding").exists, "rank 1 holds", job, timeout_s=240)
+        experiment = Path(storage_path(cfg.train, cfg.run)) / "node-loss"
+        _wait_for(lambda: _checkpoint_registered(experiment), "the step-2 checkpoint is registered", job, timeout_s=60)
         doomed_id = (folder / "holding").read_text()
         doomed = sim_cluster.node_by_id(doomed_id)
         assert sim_cluster.groups[doomed] == "gpu_a100x8"
