@@ -35,7 +35,7 @@ test: setup
 # Node loss and autoscaling on a multi-node Ray cluster simulated on this machine (tests/cluster, marker `cluster`;
 # `make test` leaves them out). docs/cluster.md, "When a node dies", reports what they measure.
 test-cluster: setup
-	$(PY) -m pytest -m cluster tests/cluster
+	$(PY) -m pytest -m cluster tests/cluster -o full_log=runs/pytest-cluster.log
 
 clean:
 	rm -rf runs mlflow.db

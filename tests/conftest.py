@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.judge", "tests.fixtures.mate", "tests.fixtures.pal",
-                  "tests.fixtures.rerank", "tests.fixtures.serve", "tests.fixtures.train"]
+pytest_plugins = ["tests.full_log", "tests.fixtures.cluster", "tests.fixtures.judge", "tests.fixtures.mate",
+                  "tests.fixtures.pal", "tests.fixtures.rerank", "tests.fixtures.serve", "tests.fixtures.train"]
 
 # Ray Train V2 polls workers every 2 s by default, which dominates short test runs.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
