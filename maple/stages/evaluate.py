@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
@@ -27,11 +29,64 @@ SPLITS = {"test": ("test", "compositional"), "val": ("val", "compositional_val")
 def embed_table(path: Path, model_path: str | dict[str, str], batch_size: int = 64, **columns):
     """Read a Parquet split with Ray Data, embed the given columns (`EmbedColumns` arguments) in an actor pool, and
     return a pandas frame without the image bytes."""
-    ds = ray.data.read_parquet(str(path))
+    return _embed(ray.data.read_parquet(str(path)), model_path, batch_size, **columns)
+
+
+def _embed(ds, model_path: str | dict[str, str], batch_size: int, **columns) -> pd.DataFrame:
     ds = ds.map_batches(EmbedColumns, fn_constructor_kwargs=dict(model_path=model_path, **columns,
                                                                   batch_size=batch_size),
                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
     return ds.drop_columns(list(columns.get("image_columns", ()))).to_pandas()
+
+
+# The evaluation's rows, both splits in one shape: a pair's texts are its captions; a compositional row's texts are
+# its caption and its perturbed caption, and it may carry a perturbed image.
+_EVAL_ROWS = pa.schema([("split", pa.string()), ("id", pa.string()), ("image", pa.binary()),
+                        ("negative_image", pa.binary()), ("texts", pa.list_(pa.string())),
+                        ("negative_type", pa.string()), ("held_out", pa.bool_())])
+
+
+def _pairs_as_eval_rows(batch: pa.Table) -> pa.Table:
+    n = batch.num_rows
+    return pa.table([pa.array(["pairs"] * n), batch["id"], batch["image"], pa.nulls(n, pa.binary()),
+                     batch["captions"], pa.array([""] * n), pa.array([False] * n)], schema=_EVAL_ROWS)
+
+
+def _compositional_as_eval_rows(batch: pa.Table) -> pa.Table:
+    texts = [list(pair) for pair in zip(batch["caption"].to_pylist(), batch["negative_caption"].to_pylist())]
+    return pa.table([pa.array(["compositional"] * batch.num_rows), batch["id"], batch["image"],
+                     batch["negative_image"], pa.array(texts, pa.list_(pa.string())), batch["negative_type"],
+                     batch["held_out"]], schema=_EVAL_ROWS)
+
+
+def embed_splits(pairs: Path, compositional: Path | None, models: dict[str, str],
+                 batch_size: int = 64) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Embed a pairs split and, if given, a compositional split with every model in one Ray Data pass (one actor
+    pool: its start-up, a process that imports torch and loads the models, is most of a small evaluation's time).
+
+    Returns (pairs, compositional) frames in the columns `embed_table` gives each split alone, without the image
+    bytes: pairs `id`, `captions`, `image_error`, `<model>/image_emb`, `<model>/captions_emb`; compositional `id`,
+    `caption`, `negative_caption`, `negative_type`, `held_out` and the `_emb` of `image`, `negative_image`,
+    `caption`, `negative_caption`.
+    """
+    ds = ray.data.read_parquet(str(pairs)).map_batches(_pairs_as_eval_rows, batch_format="pyarrow")
+    if compositional is not None:
+        ds = ds.union(ray.data.read_parquet(str(compositional)).map_batches(_compositional_as_eval_rows,
+                                                                            batch_format="pyarrow"))
+    frame = _embed(ds, models, batch_size, image_columns=("image", "negative_image"), text_list_columns=("texts",))
+    test = frame[frame["split"] == "pairs"].reset_index(drop=True)
+    test = test[["id", "texts", "image_error"] + [f"{m}/{c}" for m in models for c in ("image_emb", "texts_emb")]]
+    test = test.rename(columns={"texts": "captions", **{f"{m}/texts_emb": f"{m}/captions_emb" for m in models}})
+    if compositional is None:
+        return test, None
+    comp = frame[frame["split"] == "compositional"].reset_index(drop=True)
+    out = comp[["id", "negative_type", "held_out"]].copy()
+    out["caption"], out["negative_caption"] = [t[0] for t in comp["texts"]], [t[1] for t in comp["texts"]]
+    for m in models:
+        out[f"{m}/image_emb"], out[f"{m}/negative_image_emb"] = comp[f"{m}/image_emb"], comp[f"{m}/negative_image_emb"]
+        out[f"{m}/caption_emb"] = [e[0] for e in comp[f"{m}/texts_emb"]]
+        out[f"{m}/negative_caption_emb"] = [e[1] for e in comp[f"{m}/texts_emb"]]
+    return test, out
 
 
 def evaluate_many(evaluation: EvalConfig, world_dir: str | Path, models: dict[str, str],
@@ -50,16 +105,13 @@ def evaluate_many(evaluation: EvalConfig, world_dir: str | Path, models: dict[st
     world = Path(world_dir)
     reranker_cfg = reranker_cfg or RerankerConfig()
     pairs_split, comp_split = SPLITS[evaluation.split]
-    test = embed_table(world / pairs_split, models, evaluation.batch_size, image_columns=("image",),
-                       text_list_columns=("captions",))
+    # the compositional split is the synthetic world's; imported pairs have none
+    test, comp = embed_splits(world / pairs_split, world / comp_split if (world / comp_split).exists() else None,
+                              models, evaluation.batch_size)
     bad = test["image_error"] != ""
     if bad.any():
         raise ValueError(f"{world / pairs_split}: {int(bad.sum())} images do not decode (first id "
                          f"{test['id'][bad].iloc[0]}); validate the split first")
-    comp = None
-    if (world / comp_split).exists():  # the synthetic world's; imported pairs have none
-        comp = embed_table(world / comp_split, models, evaluation.batch_size,
-                           image_columns=("image", "negative_image"), text_columns=("caption", "negative_caption"))
     results = {}
     for name in models:
         captions = list(test[f"{name}/captions_emb"])

@@ -211,6 +211,17 @@ def init_single_process_group() -> None:
     forget_deepspeed_world_group()  # the cache may hold an earlier, destroyed group of this process
 
 
+def skip_deepspeed_shared_memory_op() -> None:
+    """DeepSpeed's comm backend loads its shared-memory all-reduce op when it starts on CPU; the first start in a
+    Python environment JIT-compiles it (~35 s on two cores, then cached under ~/.cache/torch_extensions per
+    environment). Only `inference_all_reduce` (DeepSpeed's tensor-parallel inference) uses it; training's all-reduce
+    is torch.distributed's (deepspeed 0.19.8, `deepspeed/comm/torch.py`). DeepSpeed reads the op's availability from
+    one module-level dict, which it keeps for such edits."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def forget_deepspeed_world_group() -> None:
     """DeepSpeed 0.19 caches its clone of the world group in a module global, which outlives the group. Ray's local
     controller destroys the group after a local-mode run, so it is forgotten after each run and whenever the loop
@@ -249,6 +260,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     task: TrainTask = config["task"]
     if tc.num_workers == 0:
         init_single_process_group()
+    skip_deepspeed_shared_memory_op()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     micro_batch = tc.batch_size // world
