@@ -96,13 +96,14 @@ def mine(cfg: Config, **stage: Any) -> dict:
 
 
 def evaluate(cfg: Config, specs: dict[str, str | None], out_root: Path | None = None,
-             reranker: str | None = None) -> dict[str, dict[str, float]]:
+             reranker: str | None = None, reranked: set[str] | None = None) -> dict[str, dict[str, float]]:
     """`maple.stages.evaluate.evaluate_many` over model specs (directories, `models:/` URIs, or None for the
-    untrained twin) on the world's splits; `reranker` (default eval.reranker) adds retrieve-then-rerank."""
+    untrained twin) on the world's splits; `reranker` (default eval.reranker) adds retrieve-then-rerank, for the
+    models named in `reranked` (default all)."""
     reranker = reranker or cfg.eval.reranker
     models = {name: resolve_model(cfg, spec) for name, spec in specs.items()}
     return evaluate_many(cfg.eval, world_dir(cfg), models, out_root,
-                         model_dir(reranker, tracking_uri(cfg.run)) if reranker else None, cfg.reranker)
+                         model_dir(reranker, tracking_uri(cfg.run)) if reranker else None, cfg.reranker, reranked)
 
 
 def reranker_datasets(path: Path, val_fraction: float) -> dict:

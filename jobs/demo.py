@@ -287,11 +287,8 @@ def run_pipeline(cfg: Config, console: Console) -> tuple[dict, dict, str | None,
         with console.stage(title("evaluating every model in one pass of the evaluation job"),
                            total=len(specs) + len(reranked), unit="model") as stage:
             started = time.perf_counter()
-            metrics = evaluate(cfg, specs, out / "eval")
-            stage.advance(len(specs))
-            if reranked:
-                metrics.update(rerank_metrics(cfg, reranked, reranker, out))
-                stage.advance(len(reranked))
+            metrics = reranker_rows(evaluate(cfg, specs, out / "eval", reranker=reranker, reranked=set(reranked)))
+            stage.advance(len(specs) + len(reranked))
             stage.finished(f"{len(specs)} models{f' (+ {len(reranked)} with the reranker)' if reranked else ''} "
                            f"in {time.perf_counter() - started:.0f} s")
         for name, m in metrics.items():
@@ -334,16 +331,18 @@ def demo_reranker(cfg: Config, judged: Path, embedder: str, stage: Stage) -> str
     return str(result.model_dir)
 
 
-def rerank_metrics(cfg: Config, embedders: dict[str, str], reranker: str, out: Path) -> dict[str, dict[str, float]]:
-    """`full + reranker`: the evaluation job's retrieve-then-rerank metrics over each seed of the full variant
-    (UniME-V2's full reordering of the top k), under the plain metric names so the table compares like with like."""
-    reranked = evaluate(cfg, embedders, out / "eval-reranked", reranker=reranker)
-    renamed = {}
-    for name, m in reranked.items():
-        renamed[name.replace("full-", "full+reranker-")] = {
-            key.replace("rerank_full_", "").replace("rerank_comp_", "comp_"): value for key, value in m.items()
-            if key.startswith(("rerank_full_", "rerank_comp_"))}
-    return renamed
+def reranker_rows(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """`full + reranker`: each full variant's retrieve-then-rerank metrics (UniME-V2's full reordering of the top k),
+    moved out of its row into a row `full+reranker-s<seed>` of their own under the plain metric names, so the table
+    compares like with like."""
+    out = {}
+    for name, m in metrics.items():
+        out[name] = {key: value for key, value in m.items() if not key.startswith("rerank_")}
+        reranked = {key.replace("rerank_full_", "").replace("rerank_comp_", "comp_"): value
+                    for key, value in m.items() if key.startswith(("rerank_full_", "rerank_comp_"))}
+        if reranked:
+            out[name.replace("full-", "full+reranker-")] = reranked
+    return out
 
 
 def serve_model(cfg: Config, embedder: str, reranker: str | None, indexes: dict[str, Path]) -> None:

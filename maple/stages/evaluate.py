@@ -91,7 +91,8 @@ def embed_splits(pairs: Path, compositional: Path | None, models: dict[str, str]
 
 def evaluate_many(evaluation: EvalConfig, world_dir: str | Path, models: dict[str, str],
                   out_root: Path | None = None, reranker: str | None = None,
-                  reranker_cfg: RerankerConfig | None = None) -> dict[str, dict[str, float]]:
+                  reranker_cfg: RerankerConfig | None = None,
+                  reranked: set[str] | None = None) -> dict[str, dict[str, float]]:
     """Evaluate several embedders on the same splits in one Ray Data pass.
 
     models: name -> a saved embedder directory. world_dir: the folder with the `test` and `compositional` splits
@@ -100,7 +101,7 @@ def evaluate_many(evaluation: EvalConfig, world_dir: str | Path, models: dict[st
     With `out_root`, each model's `metrics.json`, `report.md` and `similarities.npz` (matched and unmatched test-set
     similarities, for histograms) are written to `<out_root>/<name>/`. With a `reranker` directory, each model's
     report also holds the retrieve-then-rerank metrics (`rerank_*`, UniME-V2's two modes; `reranker_cfg.pick_best_of`
-    candidates for the "best_of" mode).
+    candidates for the "best_of" mode); `reranked` names the models it reranks for (default: every model).
     """
     world = Path(world_dir)
     reranker_cfg = reranker_cfg or RerankerConfig()
@@ -123,7 +124,7 @@ def evaluate_many(evaluation: EvalConfig, world_dir: str | Path, models: dict[st
                 list(comp["negative_type"]), comp["held_out"].to_numpy(), np.stack(comp[f"{name}/image_emb"]),
                 np.stack(comp[f"{name}/caption_emb"]), np.stack(comp[f"{name}/negative_caption_emb"]),
                 np.stack(comp[f"{name}/negative_image_emb"])))
-        if reranker:
+        if reranker and (reranked is None or name in reranked):
             view = lambda frame: frame.rename(columns={c: c.split("/", 1)[1] for c in frame.columns  # noqa: E731
                                                        if c.startswith(f"{name}/")})
             metrics.update(evaluate_with_reranker(reranker, world, view(test), None if comp is None else view(comp),
