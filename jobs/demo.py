@@ -99,12 +99,20 @@ def parse_demo_args(argv: list[str]) -> Config:
     return parse_config(rest + extra, __doc__)
 
 
-def train_embedder(cfg: Config, name: str, train_path: Path, steps: int, seed: int, init: str | None,
-                   stage: Stage) -> dict:
-    """One training run through the training job's machinery, ticking `stage` each step and adding a line when it
-    ends; skipped when its export already exists."""
+def read_once(path: Path, tables: dict[Path, object]):
+    """The demo's ~20 training runs read the same few tables (the world's train and val splits, the judged rows):
+    each is read once and kept in Ray's object store (a few MB here); a read is seconds of Ray Data start-up."""
     import ray.data
 
+    if path not in tables:
+        tables[path] = ray.data.read_parquet(str(path)).materialize()
+    return tables[path]
+
+
+def train_embedder(cfg: Config, name: str, train_path: Path, steps: int, seed: int, init: str | None,
+                   stage: Stage, tables: dict[Path, object]) -> dict:
+    """One training run through the training job's machinery, ticking `stage` each step and adding a line when it
+    ends; skipped when its export already exists. `tables`: the tables read so far (`read_once`)."""
     out = Path(cfg.run.output_dir) / "models" / name
     if (out / "maple_embedder.json").exists() and (out / "train_result.json").exists():
         stage.advance(steps)
@@ -113,7 +121,7 @@ def train_embedder(cfg: Config, name: str, train_path: Path, steps: int, seed: i
     run_cfg = cfg.with_overrides(f"run.seed={seed}", f"train.steps={steps}", f"train.output={out}",
                                  f"model.name_or_path={init if init else 'null'}")
     world = Path(cfg.run.output_dir) / "world"
-    datasets = {"train": ray.data.read_parquet(str(train_path)), "val": ray.data.read_parquet(str(world / "val"))}
+    datasets = {"train": read_once(train_path, tables), "val": read_once(world / "val", tables)}
     task = EmbedderTask(run_cfg.model, run_cfg.train, run_cfg.eval, seed=seed)
     started, ticks = time.perf_counter(), stage.count
     result = train(run_cfg, task, datasets, run_name=f"{cfg.run.name}-{name}", on_step=stage.advance)
@@ -240,13 +248,14 @@ def run_pipeline(cfg: Config, console: Console) -> tuple[dict, dict, str | None,
     def title(text: str) -> str:
         return f"[{next(numbers)}/{n_stages}] {text}"
 
+    tables: dict[Path, object] = {}
     with console.stage(title(f"synthesising the world into {out / 'world'}")):
         synthesize(cfg.world, out / "world")
     with mlflow_run(cfg.run, "demo", cfg, run_name=f"{cfg.run.name}-demo"):
         with console.stage(title(f"training the InfoNCE baseline on plain pairs ({demo.baseline_steps} steps)"),
                            total=demo.baseline_steps) as stage:
             baseline = train_embedder(variant_loss(cfg, "infonce"), "baseline", out / "world" / "train",
-                                      demo.baseline_steps, seed=0, init=None, stage=stage)["model_dir"]
+                                      demo.baseline_steps, seed=0, init=None, stage=stage, tables=tables)["model_dir"]
 
         with console.stage(title(f"mining with the {cfg.judge.backend} judge over the baseline's "
                                  f"top-{cfg.mine.top_k}"), unit="query") as stage:
@@ -260,7 +269,7 @@ def run_pipeline(cfg: Config, console: Console) -> tuple[dict, dict, str | None,
                 for seed in seeds:
                     runs[f"{variant}-s{seed}"] = train_embedder(variant_loss(cfg, variant), f"{variant}-s{seed}",
                                                                 judged, demo.variant_steps, seed, init=baseline,
-                                                                stage=stage)
+                                                                stage=stage, tables=tables)
 
         reranker = None
         if with_reranker:
@@ -278,7 +287,7 @@ def run_pipeline(cfg: Config, console: Console) -> tuple[dict, dict, str | None,
                                       count_queries=False)  # this stage counts training steps
                     sweep[rate] = {f"full-flip{rate}-s{seed}": train_embedder(
                         variant_loss(cfg, "full"), f"full-flip{rate}-s{seed}", noisy, demo.variant_steps, seed,
-                        init=baseline, stage=stage) for seed in seeds}
+                        init=baseline, stage=stage, tables=tables) for seed in seeds}
 
         specs = {"baseline": baseline, **{name: info["model_dir"] for name, info in runs.items()}}
         for models in sweep.values():
