@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
@@ -20,6 +19,7 @@ from maple.eval.rerank import compositional_rerank_report, rerank_report
 from maple.models.batch_inference import EmbedColumns
 from maple.models.config import RerankerConfig
 from maple.models.families import load_reranker
+from maple.stages.eval_rows import compositional_as_eval_rows, pairs_as_eval_rows
 
 
 # eval.split -> (the pairs split of the retrieval metrics, the compositional split)
@@ -39,26 +39,6 @@ def _embed(ds, model_path: str | dict[str, str], batch_size: int, **columns) -> 
     return ds.drop_columns(list(columns.get("image_columns", ()))).to_pandas()
 
 
-# The evaluation's rows, both splits in one shape: a pair's texts are its captions; a compositional row's texts are
-# its caption and its perturbed caption, and it may carry a perturbed image.
-_EVAL_ROWS = pa.schema([("split", pa.string()), ("id", pa.string()), ("image", pa.binary()),
-                        ("negative_image", pa.binary()), ("texts", pa.list_(pa.string())),
-                        ("negative_type", pa.string()), ("held_out", pa.bool_())])
-
-
-def _pairs_as_eval_rows(batch: pa.Table) -> pa.Table:
-    n = batch.num_rows
-    return pa.table([pa.array(["pairs"] * n), batch["id"], batch["image"], pa.nulls(n, pa.binary()),
-                     batch["captions"], pa.array([""] * n), pa.array([False] * n)], schema=_EVAL_ROWS)
-
-
-def _compositional_as_eval_rows(batch: pa.Table) -> pa.Table:
-    texts = [list(pair) for pair in zip(batch["caption"].to_pylist(), batch["negative_caption"].to_pylist())]
-    return pa.table([pa.array(["compositional"] * batch.num_rows), batch["id"], batch["image"],
-                     batch["negative_image"], pa.array(texts, pa.list_(pa.string())), batch["negative_type"],
-                     batch["held_out"]], schema=_EVAL_ROWS)
-
-
 def embed_splits(pairs: Path, compositional: Path | None, models: dict[str, str],
                  batch_size: int = 64) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Embed a pairs split and, if given, a compositional split with every model in one Ray Data pass (one actor
@@ -69,9 +49,9 @@ def embed_splits(pairs: Path, compositional: Path | None, models: dict[str, str]
     `caption`, `negative_caption`, `negative_type`, `held_out` and the `_emb` of `image`, `negative_image`,
     `caption`, `negative_caption`.
     """
-    ds = ray.data.read_parquet(str(pairs)).map_batches(_pairs_as_eval_rows, batch_format="pyarrow")
+    ds = ray.data.read_parquet(str(pairs)).map_batches(pairs_as_eval_rows, batch_format="pyarrow")
     if compositional is not None:
-        ds = ds.union(ray.data.read_parquet(str(compositional)).map_batches(_compositional_as_eval_rows,
+        ds = ds.union(ray.data.read_parquet(str(compositional)).map_batches(compositional_as_eval_rows,
                                                                             batch_format="pyarrow"))
     frame = _embed(ds, models, batch_size, image_columns=("image", "negative_image"), text_list_columns=("texts",))
     test = frame[frame["split"] == "pairs"].reset_index(drop=True)

@@ -11,6 +11,9 @@ Flow of one query row: `query_rows` (embedding, positive) → `retrieve_candidat
 `ProposeRewrites` (i2t rows, when a rewriter is configured: rewrites of the paired caption join the candidates as
 `<query id>~r<n>`) → `JudgeQueries` (the positive, then every candidate, scored together so a query's prompts share
 a prefix) → `mine_queries` (JUDGED_SCHEMA columns, or a quarantine reason) → `ShardWriter` on the driver.
+
+The batch functions run in Ray Data's task workers, each of which imports this module: it imports no torch (5 s of
+CPU per worker process); the two model actors import their models' modules when they start.
 """
 
 from __future__ import annotations
@@ -26,11 +29,9 @@ import ray
 
 from maple.data.config import WorldConfig
 from maple.data.schema import QUERY_SCHEMA
-from maple.judge.backends import build_judge
 from maple.judge.base import make_pairs
 from maple.judge.config import JudgeConfig
 from maple.mining.rules import mine_batch, preference_ranking
-from maple.models.batch_inference import EmbedColumns
 from maple.retrieval.index import VectorIndex
 from maple.rewrite.backends import build_rewriter
 from maple.rewrite.base import Rewriter
@@ -110,6 +111,8 @@ class EmbedPairs:
     otherwise), which Ray cannot unify across blocks."""
 
     def __init__(self, model_path: str, batch_size: int):
+        from maple.models.batch_inference import EmbedColumns  # torch: in the actor only (see the module's note)
+
         self.embed = EmbedColumns(model_path, image_columns=("image",), text_list_columns=("captions",),
                                   batch_size=batch_size)
 
@@ -275,6 +278,8 @@ class JudgeQueries:
     """
 
     def __init__(self, judge: dict[str, Any], store: Any):
+        from maple.judge.backends import build_judge  # torch: in the actor only (see the module's note)
+
         self.backend = build_judge(JudgeConfig.model_validate(judge))
         self.store_ref = store
 
