@@ -21,9 +21,10 @@ from maple.config import Config
 from maple.data.files import atomic_path
 from maple.data.quarantine import write_quarantine
 from maple.data.schema import DOCUMENTS_SCHEMA
+from maple.data.splits import split_rows
 from maple.models.batch_inference import EmbedColumns
 from maple.models.families import build_embedder
-from maple.recipes.reranker import RerankerTask, split_rows, training_section
+from maple.recipes.reranker import RerankerTask, training_section
 from maple.retrieval.index import build_index
 from maple.runtime import cluster_gpus
 from maple.section import SetupError

@@ -8,7 +8,7 @@ For each row (a query with its positive and its mined hard negatives, each score
 
 `collate_reranker` turns rows into a `RerankerBatch`; `reranker_loss_terms` is the objective (no Ray, no DeepSpeed:
 callable in a notebook); `RerankerTask` plugs both into the one Ray Train + DeepSpeed loop (`maple.train`).
-`split_rows` holds out a fixed share of the mined rows (by a hash of the id) for validation.
+`maple.data.splits.split_rows` holds out a fixed share of the mined rows (by a hash of the id) for validation.
 """
 
 from __future__ import annotations
@@ -216,16 +216,3 @@ def training_section(reranker: RerankerConfig, train: TrainConfig, output: str) 
     export folder `output`; no GradCache nor LoRA (they are the embedder's)."""
     return train.model_copy(update={"lr": reranker.lr, "steps": reranker.steps, "batch_size": reranker.batch_size,
                                     "output": output, "gradcache_chunk": None, "lora": False})
-
-
-def is_val(row_id: str, fraction: float) -> bool:
-    """A fixed share of the rows, by a hash of the id: the same rows on every worker, every run."""
-    return zlib.crc32(str(row_id).encode()) % 10_000 < fraction * 10_000
-
-
-def split_rows(batch: pa.Table, fraction: float, val: bool) -> pa.Table:
-    """The batch's validation (or training) rows. In Arrow, so the schema stays: a row-wise filter re-infers the
-    types, and a column that is null throughout the batch (positive_image in image-to-text rows) comes back
-    mistyped."""
-    keep = [is_val(row_id, fraction) == val for row_id in batch["id"].to_pylist()]
-    return batch.filter(pa.array(keep, pa.bool_()))

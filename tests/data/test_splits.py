@@ -12,7 +12,7 @@ import pytest
 
 from maple.data.files import OUTPUT_MARKER
 from maple.data.schema import PAIRS_SCHEMA
-from maple.data.splits import SplitWriter, split_of
+from maple.data.splits import SplitWriter, is_val, split_of, split_rows
 
 
 def _pairs(ids: list[str], source: str = "s.csv") -> pa.Table:
@@ -83,3 +83,14 @@ def test_a_folder_maple_did_not_write_is_refused_before_any_work(tmp_path):
     with pytest.raises(FileExistsError, match="notes.txt"):
         SplitWriter(tmp_path, ("train",), shard_rows=10, quarantine_name="import")
     assert (tmp_path / "train" / "notes.txt").read_text() == "mine"
+
+
+def test_split_rows_keeps_every_row_once_and_the_schema_of_an_all_null_column():
+    """The reranker's validation share of the mined rows."""
+    ids = [f"img-{i}:i2t" for i in range(40)]
+    # image-to-text rows: the positive is a caption, so positive_image is null in every row
+    table = pa.table({"id": ids, "positive_image": pa.nulls(40, pa.binary()), "positive_text": ["a cap"] * 40})
+    train, val = (split_rows(table, 0.25, val) for val in (False, True))
+    assert train.schema == val.schema == table.schema
+    assert sorted(train["id"].to_pylist() + val["id"].to_pylist()) == sorted(ids)
+    assert val["id"].to_pylist() == [i for i in ids if is_val(i, 0.25)]

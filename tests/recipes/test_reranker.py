@@ -176,17 +176,3 @@ def test_task_trains_only_the_cross_layers_and_head_unless_train_towers():
     assert names and not any(n.startswith("encoder.") for n in names) and "head.weight" in names
     tuned, _ = _task(train_towers=True).build(seed=0)
     assert all(p.requires_grad for p in tuned.parameters())
-
-
-def test_the_split_keeps_every_row_once_and_the_schema_of_an_all_null_column():
-    import pyarrow as pa
-
-    from maple.recipes.reranker import is_val, split_rows
-
-    ids = [f"img-{i}:i2t" for i in range(40)]
-    # image-to-text rows: the positive is a caption, so positive_image is null in every row
-    table = pa.table({"id": ids, "positive_image": pa.nulls(40, pa.binary()), "positive_text": ["a cap"] * 40})
-    train, val = (split_rows(table, 0.25, val) for val in (False, True))
-    assert train.schema == val.schema == table.schema
-    assert sorted(train["id"].to_pylist() + val["id"].to_pylist()) == sorted(ids)
-    assert val["id"].to_pylist() == [i for i in ids if is_val(i, 0.25)]
