@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from maple.judge.base import JudgeBackend
 from maple.judge.config import JudgeConfig
-from maple.judge.hf import HFJudge
 from maple.judge.hf_model import inspect_judge_model
 from maple.judge.prompt import JudgeSetupError
-from maple.judge.reference import ReferenceJudge
-from maple.judge.vllm import VLLMJudge
 
-BACKENDS: dict[str, type[JudgeBackend]] = {"reference": ReferenceJudge, "hf": HFJudge, "vllm": VLLMJudge}
+# name -> (module, class), imported when built: the hf backend's module imports torch (5 s of CPU), which the
+# reference judge's actors need not pay
+BACKENDS: dict[str, tuple[str, str]] = {"reference": ("maple.judge.reference", "ReferenceJudge"),
+                                        "hf": ("maple.judge.hf", "HFJudge"), "vllm": ("maple.judge.vllm", "VLLMJudge")}
 
 
 def build_judge(cfg: JudgeConfig) -> JudgeBackend:
@@ -20,7 +21,8 @@ def build_judge(cfg: JudgeConfig) -> JudgeBackend:
     for)."""
     if cfg.backend not in BACKENDS:
         raise JudgeSetupError(f"judge.backend={cfg.backend!r} is not one of {', '.join(BACKENDS)}")
-    return BACKENDS[cfg.backend](cfg)
+    module, name = BACKENDS[cfg.backend]
+    return getattr(importlib.import_module(module), name)(cfg)
 
 
 def check_judge_gpus(cfg: JudgeConfig, available_gpus: float) -> None:

@@ -278,7 +278,7 @@ class JudgeQueries:
     """
 
     def __init__(self, judge: dict[str, Any], store: Any):
-        from maple.judge.backends import build_judge  # torch: in the actor only (see the module's note)
+        from maple.judge.backends import build_judge  # in the actor only: the hf backend brings torch
 
         self.backend = build_judge(JudgeConfig.model_validate(judge))
         self.store_ref = store
