@@ -49,7 +49,7 @@ from transformers import CLIPConfig, CLIPModel, Qwen2Config, Qwen2ForCausalLM, S
 
 from maple.judge.config import JudgeConfig  # noqa: E402
 from maple.judge.prompt import yes_probability  # noqa: E402
-from maple.losses import MapleLoss  # noqa: E402
+from maple.losses.combined import MapleLoss  # noqa: E402
 from maple.losses.config import LossConfig  # noqa: E402
 from maple.mining.config import MineConfig  # noqa: E402
 from maple.models.dual_encoder import DualEncoder  # noqa: E402

@@ -15,7 +15,7 @@ import pyarrow as pa
 from maple.data.images import decode_image
 from maple.eval.config import EvalConfig
 from maple.eval.metrics import metric_name, retrieval_metrics
-from maple.losses import MapleLoss
+from maple.losses.combined import MapleLoss
 from maple.models.config import ModelConfig
 from maple.models.embedder import Embedder
 from maple.models.families import build_embedder

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from maple.losses import MapleLoss
+from maple.losses.combined import MapleLoss
 from maple.losses.config import LossConfig
 
 N, K, P, D = 4, 3, 5, 6

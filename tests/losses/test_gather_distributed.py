@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from maple.losses import gather_features, infonce_loss
+from maple.losses.gather import gather_features
+from maple.losses.infonce import infonce_loss
 
 WORLD_SIZE, N, K, D_IN, D = 2, 6, 2, 5, 4
 # Over the global batch: directions, and keys with a shared query (rows 1, 4) and a shared positive (rows 0, 5)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from maple.losses import MAX_LOGIT_SCALE, infonce_loss
+from maple.losses.infonce import MAX_LOGIT_SCALE, infonce_loss
 
 
 def _normalise(v: list[float]) -> list[float]:

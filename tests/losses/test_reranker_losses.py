@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from maple.losses import listwise_slots, reranker_listwise_loss, reranker_pairwise_loss
+from maple.losses.reranker import listwise_slots, reranker_listwise_loss, reranker_pairwise_loss
 
 
 def _neg_log_softmax_at(logits: list[float], index: int) -> float:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from maple.losses import rpa_listwise_loss, rpa_pairwise_loss
+from maple.losses.rpa import rpa_listwise_loss, rpa_pairwise_loss
 
 
 def _log_sigmoid(x: float) -> float:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from maple.losses import soft_label_kl_loss
+from maple.losses.soft_label import soft_label_kl_loss
 
 
 def _softmax(values: list[float]) -> list[float]:

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from maple.config import load_config
-from maple.losses import MapleLoss
+from maple.losses.combined import MapleLoss
 from maple.losses.config import LossConfig
 from maple.models.config import ModelConfig
 from maple.models.families import build_embedder

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from maple.losses import MapleLoss
+from maple.losses.combined import MapleLoss
 from maple.losses.config import LossConfig
 from maple.train.gradcache import chunk_batch, gradcache_step
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from maple.losses import MapleLoss
+from maple.losses.combined import MapleLoss
 from maple.losses.config import LossConfig
 from maple.models.config import ModelConfig
 from maple.models.families import build_embedder
