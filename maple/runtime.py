@@ -48,6 +48,9 @@ def init_ray(run: RunConfig, quiet: bool = False, **kwargs) -> str | None:
     # The same rows in the same order on every run of a job (training batches follow the read order): reproducible
     # numbers for the same config and seed, at the price of a little streaming slack.
     data.execution_options.preserve_order = True
+    if run.data_max_cpus is not None or run.data_max_gpus is not None:
+        data.execution_options.resource_limits = data.execution_options.resource_limits.copy(
+            cpu=run.data_max_cpus, gpu=run.data_max_gpus)
     if quiet:
         data.enable_progress_bars = False
     return logs

@@ -5,7 +5,7 @@ Each package defines its own sections beside its code (`maple/<package>/config.p
 section. `maple.config.Config` composes them all, and only the entrypoints (jobs/, serve/) hold the whole `Config`.
 """
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class SetupError(ValueError):
@@ -28,3 +28,9 @@ class RunConfig(Section):
     ray_address: str | None = None  # None: RAY_ADDRESS if set, else an embedded local cluster
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI overrides
     mlflow_experiment: str = "maple"
+    # Ray Data's cap on the logical CPUs / GPUs one job's datasets use and ask the cluster's autoscaler for
+    # (`DataContext.execution_options.resource_limits`). Unset, Ray Data's autoscaler doubles its request while the
+    # cluster is busy, and once the CPU group is at its max_workers it gets CPUs from any group, GPU nodes included
+    # (docs/cluster.md, "Autoscaling from zero").
+    data_max_cpus: float | None = Field(default=None, gt=0)
+    data_max_gpus: float | None = Field(default=None, ge=0)

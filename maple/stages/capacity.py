@@ -7,6 +7,7 @@ import json
 import math
 
 import ray
+import ray.data
 import ray.experimental.internal_kv
 from ray._private import ray_constants
 
@@ -31,6 +32,15 @@ def cluster_capacity() -> dict[str, float]:
     resources = dict(ray.cluster_resources())
     if autoscaling():
         resources.update(CPU=math.inf, GPU=math.inf)
+    return resources
+
+
+def data_capacity() -> dict[str, float]:
+    """`cluster_capacity()` within what Ray Data may use (`run.data_max_cpus` / `run.data_max_gpus`, set by
+    `maple.runtime.init_ray`): a dataset's actor pools must fit under that cap, or they would wait forever."""
+    resources = cluster_capacity()
+    limits = ray.data.DataContext.get_current().execution_options.resource_limits
+    resources.update(CPU=min(resources.get("CPU", 0.0), limits.cpu), GPU=min(resources.get("GPU", 0.0), limits.gpu))
     return resources
 
 

@@ -32,7 +32,7 @@ from maple.mining.config import MineConfig
 from maple.retrieval.index import VectorIndex, build_index
 from maple.rewrite.config import RewriteConfig
 from maple.section import RunConfig, SetupError
-from maple.stages.capacity import check_accelerator, cluster_capacity
+from maple.stages.capacity import check_accelerator, data_capacity
 from maple.stages.mine_steps import (
     EmbedPairs,
     JudgeQueries,
@@ -126,7 +126,8 @@ def check_cpus(judge: JudgeConfig, rewrite: RewriteConfig, available: float) -> 
         raise ValueError(
             f"the mining stream's actors ask {actors:g} CPUs (judge.num_actors × judge.cpus_per_actor"
             f"{' + rewrite.num_actors × rewrite.cpus_per_actor' if rewrite.backend in ('hf', 'vllm') else ''}) and "
-            f"its tasks 0.5 more, but the Ray cluster has {available:g}; lower those keys or join a larger cluster")
+            f"its tasks 0.5 more, but Ray Data may use {available:g} (the Ray cluster's CPUs, within "
+            f"run.data_max_cpus); lower those keys, raise run.data_max_cpus or join a larger cluster")
 
 
 def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunConfig, model_path: str,
@@ -145,7 +146,7 @@ def mine_pairs(mine: MineConfig, judge: JudgeConfig, data: DataConfig, run: RunC
     files = input_shards(source)
     # Fail fast: the shards' columns, judge model, its Yes/No tokens, GPUs, CPUs, before reading any data.
     check_columns(files, f"mine.input={source}")
-    capacity = cluster_capacity()
+    capacity = data_capacity()  # the judge's actors are a Ray Data pool: within its cap
     judge_facts = check_judge(judge, needs_images=True, available_gpus=capacity.get("GPU", 0.0))
     check_cpus(judge, rewrite or RewriteConfig(), capacity.get("CPU", 0.0))
     check_accelerator(judge.accelerator_type, "judge.accelerator_type", capacity)

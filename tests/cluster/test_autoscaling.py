@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 TIME_SCALE = 60  # the YAML's minutes become seconds
 HEAD_OBJECT_STORE = 200 * 1024 * 1024
 NODE_OBJECT_STORE = 150 * 1024 * 1024
+DATA_CAP = ["run.data_max_cpus=16", "run.data_max_gpus=8"]
 
 
 def fake_autoscaler_config(cfg: dict, gcs_address: str) -> dict:
@@ -112,6 +113,56 @@ def alive_groups(gcs, cfg: dict) -> dict[str, int]:
     return counts
 
 
+# A Ray Data job that keeps every CPU it gets busy (1-CPU tasks of 0.5 s), its driver set up as every maple job's
+# is (`maple.runtime.init_ray`), with or without `run.data_max_cpus`.
+BUSY_DATA_JOB = """
+import sys, time
+import ray
+from maple.runtime import init_ray
+from maple.section import RunConfig
+
+cap = float(sys.argv[1]) if len(sys.argv) > 1 else None
+init_ray(RunConfig(data_max_cpus=cap), quiet=True)
+
+def busy(batch):
+    time.sleep(0.5)
+    return batch
+
+rows = ray.data.range(240, override_num_blocks=240).map_batches(busy, num_cpus=1, batch_size=None).count()
+print("rows", rows)
+"""
+
+
+def run_and_watch(cmd: list[str], env: dict, gcs, cfg: dict, log_path: Path, timeout_s: float
+                  ) -> tuple[list[tuple[float, dict[str, int]]], float, int]:
+    """Run `cmd` against the cluster; the alive nodes per group each time they change, until the job has ended and
+    the cluster is back to its head. Returns (trajectory, seconds until the job ended, its exit code)."""
+    head = cfg["head_node_type"]
+    trajectory: list[tuple[float, dict[str, int]]] = []
+    ended = None
+    with open(log_path, "w") as log:
+        started = time.monotonic()
+        job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while time.monotonic() < started + timeout_s:
+            counts = alive_groups(gcs, cfg)
+            now = time.monotonic() - started
+            if not trajectory or trajectory[-1][1] != counts:
+                trajectory.append((now, counts))
+            if ended is None and job.poll() is not None:
+                ended = now
+            if ended is not None and counts == {head: 1}:
+                break
+            time.sleep(0.5)
+        else:
+            raise TimeoutError(f"not back to the head alone in {timeout_s:.0f} s: {trajectory}")
+    finally:
+        if job.poll() is None:
+            _stop_group(job.pid, signal.SIGKILL, timeout_s=30)
+        print(f"\ntrajectory (s since submit → alive nodes per group): {trajectory}; job ended at {ended}")
+    return trajectory, ended, job.returncode
+
+
 def test_the_mine_job_scales_the_judge_group_from_zero_and_back(autoscaling_head, small_world, mlflow_uri, tmp_path):
     from ray._raylet import GcsClient
 
@@ -123,43 +174,24 @@ def test_the_mine_job_scales_the_judge_group_from_zero_and_back(autoscaling_head
     # One judge actor over a whole 8-GPU node (a judge with tensor_parallel_size 8): only the judge/training
     # groups fit it. (One actor asking for a single GPU would start a serving node: the autoscaler picks the group
     # the request fills best.)
-    shard = min((world / "train").glob("*.parquet"))  # one shard of 64 pairs: the trajectory, not throughput
-    overrides = [f"run.output_dir={tmp_path}", f"mine.input={shard}", f"mine.output={tmp_path / 'out'}",
+    # The world's 4 shards (256 pairs, 672 queries), with Ray Data capped as configs/cluster.yaml caps it
+    # (run.data_max_cpus: here one cpu_worker's 16 CPUs; run.data_max_gpus: the judge's 8).
+    overrides = [f"run.output_dir={tmp_path}", f"mine.input={world / 'train'}", f"mine.output={tmp_path / 'out'}",
                  "mine.top_k=8", "mine.num_hard_negatives=4", "mine.queries_per_batch=64", "judge.gpus_per_actor=8",
-                 "judge.tensor_parallel_size=8", "run.name=autoscale"]
+                 "judge.tensor_parallel_size=8", "run.name=autoscale", *DATA_CAP]
     env = {**autoscaling_head["env"], "RAY_ADDRESS": autoscaling_head["address"], "MLFLOW_TRACKING_URI": mlflow_uri}
-    trajectory: list[tuple[float, dict[str, int]]] = []
-    ended = None
-    with open(tmp_path / "job.log", "w") as log:
-        started = time.monotonic()
-        job = subprocess.Popen([sys.executable, "-m", "jobs.mine", *overrides], cwd=REPO, env=env, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = started + 420
-        while time.monotonic() < deadline:
-            counts = alive_groups(gcs, cfg)
-            now = time.monotonic() - started
-            if not trajectory or trajectory[-1][1] != counts:
-                trajectory.append((now, counts))
-            if ended is None and job.poll() is not None:
-                ended = now
-            if ended is not None and counts == {head: 1}:
-                break
-            time.sleep(0.5)
-        else:
-            raise TimeoutError(f"not back to the head alone in 420 s: {trajectory}")
-    finally:
-        if job.poll() is None:
-            _stop_group(job.pid, signal.SIGKILL, timeout_s=30)
-        print(f"\nautoscaling trajectory (s since submit → alive nodes per group): {trajectory}; job ended at {ended}")
-    assert job.returncode == 0, (tmp_path / "job.log").read_text()[-3000:]
+    trajectory, ended, rc = run_and_watch([sys.executable, "-m", "jobs.mine", *overrides], env, gcs, cfg,
+                                          tmp_path / "job.log", timeout_s=420)
+    assert rc == 0, (tmp_path / "job.log").read_text()[-3000:]
 
-    # The judge's groups: 0 → at least one node while the job runs → 0 once idle. (Ray Data's own cluster
-    # autoscaler also asks for nodes of other groups when the cluster is busy: a second 8-GPU node or a serving
-    # node can appear for CPU work; docs/cluster.md reports it.)
+    # The judge's groups: 0 → one node while the job runs → 0 once idle. Within Ray Data's cap the CPU work stays
+    # on the CPU group (one node's worth, two while the autoscaler places the first requests) and the judge's node;
+    # no serving node, no second 8-GPU node.
     judge_groups = {"gpu_a100x8", "gpu_h100x8"}
     judge_nodes = [sum(c.get(g, 0) for g in judge_groups) for _, c in trajectory]
-    assert judge_nodes[0] == 0 and max(judge_nodes) >= 1 and judge_nodes[-1] == 0, trajectory
+    assert judge_nodes[0] == 0 and max(judge_nodes) == 1 and judge_nodes[-1] == 0, trajectory
+    assert all(set(c) <= {head, "cpu_worker", *judge_groups} for _, c in trajectory), trajectory
+    assert max(c.get("cpu_worker", 0) for _, c in trajectory) <= 2, trajectory
     for group, node_type in cfg["available_node_types"].items():
         assert max(c.get(group, 0) for _, c in trajectory) <= node_type.get("max_workers", 1), (group, trajectory)
     up = next(t for (t, c), n in zip(trajectory, judge_nodes) if n)
@@ -168,3 +200,19 @@ def test_the_mine_job_scales_the_judge_group_from_zero_and_back(autoscaling_head
     assert down - ended <= idle_s + 60, f"the idle judge node lived {down - ended:.0f} s after the job"
     print(f"job ended at {ended:.1f} s; judge node up at {up:.1f} s, gone {down - ended:.1f} s after the job "
           f"(idle timeout {idle_s:.0f} s)")
+
+
+def test_ray_data_s_requests_stay_within_run_data_max_cpus(autoscaling_head, tmp_path):
+    """Ray Data's own autoscaler asks for twice the CPUs while a busy cluster stays busy; maple's cap
+    (run.data_max_cpus, Ray Data's resource limits) keeps that request, and so the nodes started, to the cap."""
+    from ray._raylet import GcsClient
+
+    cfg = autoscaling_head["config"]
+    gcs = GcsClient(address=autoscaling_head["address"])
+    env = {**autoscaling_head["env"], "RAY_ADDRESS": autoscaling_head["address"]}
+    cap = cfg["available_node_types"]["cpu_worker"]["resources"]["CPU"]  # one CPU node's worth
+    trajectory, _, rc = run_and_watch([sys.executable, "-c", BUSY_DATA_JOB, str(cap)], env, gcs, cfg,
+                                      tmp_path / "job.log", timeout_s=300)
+    assert rc == 0, (tmp_path / "job.log").read_text()[-3000:]
+    assert all(set(c) <= {cfg["head_node_type"], "cpu_worker"} for _, c in trajectory), trajectory
+    assert max(c.get("cpu_worker", 0) for _, c in trajectory) == 1, trajectory

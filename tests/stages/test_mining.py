@@ -58,7 +58,28 @@ def test_a_plan_larger_than_the_local_ray_fails_before_any_read(ray_local, small
     world, _ = small_world
     mine = MineConfig(input=str(world / "train"), output=str(tmp_path / "mined"))
     run = RunConfig(output_dir=str(tmp_path))
-    with pytest.raises(ValueError, match=r"the mining stream's actors ask 8 CPUs .* but the Ray cluster has 4"):
+    with pytest.raises(ValueError, match=r"the mining stream's actors ask 8 CPUs .* but Ray Data may use 4 "):
         mine_pairs(mine, JudgeConfig(num_actors=8), DataConfig(), run, model_path=str(tmp_path / "no-model"))
     with pytest.raises(SetupError, match=r"^judge.accelerator_type=A100: no node of this Ray cluster has that GPU"):
         mine_pairs(mine, JudgeConfig(accelerator_type="A100"), DataConfig(), run, model_path=str(tmp_path / "no-model"))
+
+
+def test_ray_data_s_cap_from_the_run_section_bounds_the_plan(ray_local, small_world, tmp_path):
+    """`run.data_max_cpus` / `run.data_max_gpus` become Ray Data's resource limits (what it uses and asks an
+    autoscaler for); a judge pool that fits the cluster but not the cap is refused, naming the key."""
+    from maple.runtime import init_ray
+
+    world, _ = small_world
+    mine = MineConfig(input=str(world / "train"), output=str(tmp_path / "mined"))
+    options = ray_local.data.DataContext.get_current().execution_options
+    before = options.resource_limits
+    try:
+        init_ray(RunConfig(output_dir=str(tmp_path), data_max_cpus=2, data_max_gpus=0))
+        assert (options.resource_limits.cpu, options.resource_limits.gpu) == (2, 0)
+        with pytest.raises(ValueError, match=r"actors ask 2 CPUs .* but Ray Data may use 2 .* raise run.data_max_cpus"):
+            mine_pairs(mine, JudgeConfig(num_actors=2), DataConfig(), RunConfig(output_dir=str(tmp_path)),
+                       model_path=str(tmp_path / "no-model"))
+    finally:
+        options.resource_limits = before
+    init_ray(RunConfig(output_dir=str(tmp_path)))  # no cap set: Ray Data's limits are left as they are
+    assert options.resource_limits == before
