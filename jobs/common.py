@@ -3,6 +3,10 @@ the search index.
 
 These compose library components (each given its own config section) with the tracking layer; the library itself
 never sees the whole `Config`. Jobs import this module, never each other.
+
+What loads torch and transformers (the model families, the training loop, the served models) is imported by the
+functions that use it: the drivers of the data, mining, evaluation and index jobs only hand model paths to Ray Data's
+actors, and importing those libraries cost each of them ~6 s of CPU at start.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
@@ -23,20 +27,19 @@ from maple.data.quarantine import write_quarantine
 from maple.data.schema import DOCUMENTS_SCHEMA
 from maple.data.splits import split_rows
 from maple.models.batch_inference import EmbedColumns
-from maple.models.families import build_embedder
-from maple.recipes.reranker import RerankerTask, training_section
 from maple.retrieval.index import build_index
 from maple.runtime import cluster_gpus
 from maple.section import SetupError
-from maple.serving.models import TINY_SOURCE, local_model_dir, model_card, tiny_embedder
 from maple.serving.search_index import save_search_index
 from maple.stages.capacity import check_accelerator, cluster_capacity
 from maple.stages.evaluate import evaluate_many
 from maple.stages.mining import mine_pairs
 from maple.tracking import log_metrics, mlflow_run, model_dir, register_model, tracking_uri, training_run
 from maple.train.config import TrainConfig
-from maple.train.loop import TrainResult, run_training, storage_path
-from maple.train.task import TrainTask
+
+if TYPE_CHECKING:
+    from maple.train.loop import TrainResult
+    from maple.train.task import TrainTask
 
 
 def world_dir(cfg: Config) -> Path:
@@ -50,6 +53,8 @@ def resolve_model(cfg: Config, spec: str | None) -> str:
         return model_dir(spec, tracking_uri(cfg.run))
     path = Path(cfg.run.output_dir) / "models" / f"untrained-{cfg.model.family}-seed{cfg.run.seed}"
     if not (path / "maple_embedder.json").exists():
+        from maple.models.families import build_embedder
+
         build_embedder(cfg.model, seed=cfg.run.seed).save_pretrained(path)
     return str(path)
 
@@ -68,6 +73,8 @@ def train(cfg: Config, task: TrainTask, datasets: dict[str, Any], run_name: str,
     """`run_training` inside the run's one MLflow run (kept across resumes), then the export registered as
     `register_name` (default train.register_name, else <run.name>-<embedder|reranker>); `register_name=""` skips
     registration. `on_step`: the job's progress display, ticked after each step (`TrainTask.on_step`)."""
+    from maple.train.loop import run_training, storage_path
+
     check_training_gpus(cfg.train, cluster_gpus())
     check_accelerator(cfg.train.accelerator_type, "train.accelerator_type", cluster_capacity())
     task.on_step = on_step
@@ -120,6 +127,8 @@ def train_reranker(cfg: Config, judged: Path, run_name: str, on_step: Callable[[
                    ) -> TrainResult:
     """Train the configured reranker on the judged rows (train.* for the loop's machinery, reranker.* for the
     model, lr, steps and batch size), registered as <run.name>-reranker; `on_step` as for `train`."""
+    from maple.recipes.reranker import RerankerTask, training_section
+
     reranker = cfg.reranker
     if reranker.name_or_path:  # a models:/ URI becomes the registry download
         reranker = reranker.model_copy(update={"name_or_path": model_dir(reranker.name_or_path,
@@ -140,6 +149,8 @@ _PAYLOAD_SKIP = {"id", "image", "image_emb", "image_error", "captions_emb"}
 def served_embedder_dir(cfg: Config) -> str:
     """The served embedder as a directory for the actor pool: the spec's directory or registry download, or the
     server's tiny twin (`maple.serving.models.tiny_embedder`) saved once under `run.output_dir`."""
+    from maple.serving.models import TINY_SOURCE, local_model_dir, tiny_embedder
+
     spec = cfg.serve.embedder
     if spec:
         return local_model_dir(spec, cfg.serve.mlflow_tracking_uri or tracking_uri(cfg.run))
@@ -188,6 +199,8 @@ def embed_corpus(cfg: Config, corpus: str, model_path: str) -> tuple[np.ndarray,
 def build_search_index(cfg: Config) -> dict:
     """The index job's work (jobs/index.py; the demo's search page too): embed `serve.corpus`, index the vectors and
     save them with the documents into `serve.index`; returns the manifest written beside the index."""
+    from maple.serving.models import TINY_SOURCE, model_card
+
     if isinstance(cfg.serve.index, list):
         raise SetupError(f"serve.index={cfg.serve.index}: the index job writes one folder; name one, and run the job "
                          "once per modality (serve.corpus_modality=image, then text) to serve both")

@@ -12,6 +12,7 @@ import json
 import os
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,9 +22,17 @@ import pyarrow.fs as pafs
 from pydantic import BaseModel
 
 from maple.eval.metrics import metric_name
-from maple.models.checkpoint import EMBEDDER_MANIFEST, RERANKER_MANIFEST
+from maple.models.manifest import EMBEDDER_MANIFEST, RERANKER_MANIFEST
 from maple.section import RunConfig
-from maple.train.loop import MlflowTarget
+
+
+@dataclass(frozen=True)
+class MlflowTarget:
+    """Where the training loop logs: an MLflow run that the caller opened (the loop never opens one of its own)."""
+
+    tracking_uri: str
+    experiment: str
+    run_id: str
 
 
 def tracking_uri(run: RunConfig) -> str:

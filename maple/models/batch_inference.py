@@ -10,8 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from maple.data.images import ImageError, decode_image
-from maple.models.checkpoint import resolve_device
-from maple.models.families import load_embedder
 
 
 class EmbedColumns:
@@ -25,6 +23,10 @@ class EmbedColumns:
 
     def __init__(self, model_path: str | dict[str, str], image_columns: tuple[str, ...] = (), text_columns: tuple[str, ...] = (),
                  text_list_columns: tuple[str, ...] = (), batch_size: int = 64, device: str | None = None):
+        # torch and the model code load in the actor that embeds, not in the driver that only names this class
+        from maple.models.checkpoint import resolve_device
+        from maple.models.families import load_embedder
+
         self.device = resolve_device(device)
         paths = model_path if isinstance(model_path, dict) else {"": model_path}
         self.models = {name: load_embedder(path).to(self.device).eval() for name, path in paths.items()}

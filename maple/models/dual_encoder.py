@@ -16,9 +16,10 @@ from transformers import (
     SiglipModel,
 )
 
-from maple.models.checkpoint import read_manifest, save_hf_parts
+from maple.models.checkpoint import save_hf_parts
 from maple.models.config import ModelConfig
 from maple.models.embedder import MANIFEST, Embedder, normalise
+from maple.models.manifest import read_manifest
 from maple.models.tokenizer import build_word_tokenizer
 
 # family -> (model class, config class, image processor). The Pil image processors: no torchvision needed.

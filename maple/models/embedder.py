@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from maple.models.checkpoint import EMBEDDER_MANIFEST, inference_precision, to_device, write_manifest
+from maple.models.checkpoint import inference_precision, to_device
 from maple.models.config import ModelConfig
+from maple.models.manifest import EMBEDDER_MANIFEST, write_manifest
 
 MANIFEST = EMBEDDER_MANIFEST
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from maple.models.anchor import AnchorAligner
-from maple.models.checkpoint import read_manifest
 from maple.models.config import ModelConfig, RerankerConfig
 from maple.models.cross_encoder import CrossEncoderReranker
 from maple.models.dual_encoder import DualEncoder
 from maple.models.embedder import MANIFEST, Embedder
 from maple.models.generative_reranker import GenerativeReranker
+from maple.models.manifest import read_manifest
 from maple.models.mate import MateEmbedder
 from maple.models.mllm import MLLMEmbedder
 from maple.models.reranker import MANIFEST as RERANKER_MANIFEST

@@ -26,9 +26,10 @@ from transformers import (
     Qwen2VLModel,
 )
 
-from maple.models.checkpoint import read_manifest, save_hf_parts
+from maple.models.checkpoint import save_hf_parts
 from maple.models.config import ModelConfig
 from maple.models.embedder import MANIFEST, Embedder, normalise
+from maple.models.manifest import read_manifest
 from maple.models.tokenizer import build_word_tokenizer, vocabulary
 
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"

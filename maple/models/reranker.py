@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from maple.models.checkpoint import RERANKER_MANIFEST, read_manifest, write_manifest
 from maple.models.config import ModelConfig, RerankerConfig
+from maple.models.manifest import RERANKER_MANIFEST, read_manifest, write_manifest
 
 MANIFEST = RERANKER_MANIFEST
 Item = Union[str, Image.Image]

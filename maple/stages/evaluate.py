@@ -18,7 +18,6 @@ from maple.eval.report import compositional_report, retrieval_report, to_markdow
 from maple.eval.rerank import compositional_rerank_report, rerank_report
 from maple.models.batch_inference import EmbedColumns
 from maple.models.config import RerankerConfig
-from maple.models.families import load_reranker
 from maple.stages.eval_rows import compositional_as_eval_rows, pairs_as_eval_rows
 
 
@@ -136,6 +135,8 @@ def evaluate_with_reranker(reranker_dir: str, world_dir: str | Path, test, comp,
     Parquet by id, since those frames drop the bytes. reranker_cfg: the `reranker` config section, used where the
     directory is a plain checkpoint.
     """
+    from maple.models.families import load_reranker  # torch and transformers, only when a reranker is evaluated
+
     reranker = load_reranker(reranker_dir, reranker_cfg)
     world_dir = Path(world_dir)
 

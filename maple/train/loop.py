@@ -40,6 +40,7 @@ from torch import nn
 
 from maple.data.files import atomic_path, check_replaceable
 from maple.section import RunConfig
+from maple.tracking import MlflowTarget
 from maple.train.config import TrainConfig
 from maple.train.task import TrainTask
 
@@ -49,15 +50,6 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 log = logging.getLogger(__name__)
 DEEPSPEED_TAG = "deepspeed"
 MODEL_DIR = "model"
-
-
-@dataclass(frozen=True)
-class MlflowTarget:
-    """Where the loop logs: an MLflow run that the caller opened (the loop never opens one of its own)."""
-
-    tracking_uri: str
-    experiment: str
-    run_id: str
 
 
 @dataclass
