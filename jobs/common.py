@@ -30,6 +30,7 @@ from maple.models.batch_inference import EmbedColumns
 from maple.retrieval.index import build_index
 from maple.runtime import cluster_gpus
 from maple.section import SetupError
+from maple.serving.cards import TINY_SOURCE, local_model_dir, model_card
 from maple.serving.search_index import save_search_index
 from maple.stages.capacity import check_accelerator, cluster_capacity
 from maple.stages.evaluate import evaluate_many
@@ -149,13 +150,13 @@ _PAYLOAD_SKIP = {"id", "image", "image_emb", "image_error", "captions_emb"}
 def served_embedder_dir(cfg: Config) -> str:
     """The served embedder as a directory for the actor pool: the spec's directory or registry download, or the
     server's tiny twin (`maple.serving.models.tiny_embedder`) saved once under `run.output_dir`."""
-    from maple.serving.models import TINY_SOURCE, local_model_dir, tiny_embedder
-
     spec = cfg.serve.embedder
     if spec:
         return local_model_dir(spec, cfg.serve.mlflow_tracking_uri or tracking_uri(cfg.run))
     path = Path(cfg.run.output_dir) / "models" / TINY_SOURCE
     if not (path / "maple_embedder.json").exists():
+        from maple.serving.models import tiny_embedder
+
         tiny_embedder().save_pretrained(path)
     return str(path)
 
@@ -199,8 +200,6 @@ def embed_corpus(cfg: Config, corpus: str, model_path: str) -> tuple[np.ndarray,
 def build_search_index(cfg: Config) -> dict:
     """The index job's work (jobs/index.py; the demo's search page too): embed `serve.corpus`, index the vectors and
     save them with the documents into `serve.index`; returns the manifest written beside the index."""
-    from maple.serving.models import TINY_SOURCE, model_card
-
     if isinstance(cfg.serve.index, list):
         raise SetupError(f"serve.index={cfg.serve.index}: the index job writes one folder; name one, and run the job "
                          "once per modality (serve.corpus_modality=image, then text) to serve both")

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from maple.retrieval.index import build_index
+from maple.serving.cards import model_card
 from maple.serving.errors import ItemError
-from maple.serving.models import embed_chunks, embed_contents, model_card, score_each, tiny_embedder
+from maple.serving.models import embed_chunks, embed_contents, score_each, tiny_embedder
 from maple.serving.search_index import DOCUMENTS_SCHEMA, SearchIndex, save_search_index
 
 
