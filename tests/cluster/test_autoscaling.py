@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_TYPE
 
-from tests.conftest import _free_ports, _stop_group
+from tests.conftest import _free_ports, _stop_group, _stop_head
 from tests.fixtures.cluster import launcher_config
 
 pytestmark = pytest.mark.cluster
@@ -100,7 +100,7 @@ def autoscaling_head(tmp_path):
         for log in Path(temp_dir, "ray", "session_latest", "logs").glob("monitor.*"):  # the autoscaler's decisions
             shutil.copy(log, tmp_path / log.name)
         # the fake worker nodes are children of the head's autoscaler: the same process group
-        _stop_group(start.pid, signal.SIGTERM, timeout_s=15) or _stop_group(start.pid, signal.SIGKILL, timeout_s=30)
+        _stop_head(start.pid)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
