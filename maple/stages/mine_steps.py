@@ -29,6 +29,7 @@ import ray
 
 from maple.data.config import WorldConfig
 from maple.data.schema import QUERY_SCHEMA
+from maple.judge.backends import build_judge  # torch-free: it imports the backend it builds
 from maple.judge.base import make_pairs
 from maple.judge.config import JudgeConfig
 from maple.mining.rules import mine_batch, preference_ranking
@@ -278,8 +279,6 @@ class JudgeQueries:
     """
 
     def __init__(self, judge: dict[str, Any], store: Any):
-        from maple.judge.backends import build_judge  # in the actor only: the hf backend brings torch
-
         self.backend = build_judge(JudgeConfig.model_validate(judge))
         self.store_ref = store
 
