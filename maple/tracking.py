@@ -12,7 +12,6 @@ import json
 import os
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,15 +23,7 @@ from pydantic import BaseModel
 from maple.eval.metrics import metric_name
 from maple.models.manifest import EMBEDDER_MANIFEST, RERANKER_MANIFEST
 from maple.section import RunConfig
-
-
-@dataclass(frozen=True)
-class MlflowTarget:
-    """Where the training loop logs: an MLflow run that the caller opened (the loop never opens one of its own)."""
-
-    tracking_uri: str
-    experiment: str
-    run_id: str
+from maple.train.config import MlflowTarget
 
 
 def tracking_uri(run: RunConfig) -> str:

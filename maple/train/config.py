@@ -1,3 +1,4 @@
+from dataclasses import dataclass
 from typing import Literal
 
 from maple.losses.config import LossConfig
@@ -37,3 +38,13 @@ class TrainConfig(Section):
     # the node, docs/cluster.md), and how they spread over nodes (STRICT_SPREAD: one worker per node)
     accelerator_type: str | None = None
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
+@dataclass(frozen=True)
+class MlflowTarget:
+    """Where the training loop logs: an MLflow run that the caller opened (`maple.tracking.training_run`; the loop
+    never opens one of its own). Here, not in the loop's module, so that tracking needs no torch to name it."""
+
+    tracking_uri: str
+    experiment: str
+    run_id: str

@@ -40,8 +40,7 @@ from torch import nn
 
 from maple.data.files import atomic_path, check_replaceable
 from maple.section import RunConfig
-from maple.tracking import MlflowTarget
-from maple.train.config import TrainConfig
+from maple.train.config import MlflowTarget, TrainConfig
 from maple.train.task import TrainTask
 
 # Each ray.train.report waits for the controller's next poll (2 s by default in Ray Train V2).
