@@ -10,6 +10,7 @@ plots) → optionally serve the best model.
     maple demo --judge-noise 0.1,0.3            # + how the gain falls as the judge's answers are flipped
     maple demo --serve                          # end by serving the best variant and its search page on 127.0.0.1
     maple demo --config configs/demo_tiny.yaml  # about a minute (the CI test)
+    maple demo --config configs/demo_relations.yaml  # long runs in curriculum order (demo.curriculum), one seed
     maple demo --verbose                        # the libraries' logs on the console too
 
 The console shows the stages (a progress bar each on a terminal, one line each otherwise), one line per finished
@@ -30,13 +31,14 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
 
 from jobs.common import build_search_index, check_training_gpus, evaluate, mine, train, train_reranker
-from maple.config import Config
+from maple.config import Config, CurriculumStage
 from maple.console import Console, Stage
 from maple.data.synth import NEGATIVE_TYPES, synthesize
 from maple.eval.ablation import aggregate, fine_grained_accuracy, markdown_table, text_table
@@ -132,12 +134,11 @@ def train_embedder(cfg: Config, name: str, train_path: Path, steps: int, seed: i
     return summary
 
 
-def mine_with(cfg: Config, baseline: str, out: Path, stage: Stage, flip_rate: float | None = None,
+def mine_with(cfg: Config, baseline: str, world: Path, out: Path, stage: Stage, flip_rate: float | None = None,
               count_queries: bool = True) -> Path:
-    """The mining job's pipeline with `baseline` into `out`; `stage` counts the queries mined (`count_queries`) and
-    gets a line when it ends."""
-    overrides = [f"mine.model={baseline}", f"mine.input={Path(cfg.run.output_dir) / 'world' / 'train'}",
-                 f"mine.output={out}"]
+    """The mining job's pipeline over `world`'s training split with `baseline` into `out`; `stage` counts the queries
+    mined (`count_queries`) and gets a line when it ends."""
+    overrides = [f"mine.model={baseline}", f"mine.input={world / 'train'}", f"mine.output={out}"]
     if flip_rate is not None:
         overrides.append(f"judge.noise_flip_rate={flip_rate}")
     started = time.perf_counter()
@@ -145,6 +146,45 @@ def mine_with(cfg: Config, baseline: str, out: Path, stage: Stage, flip_rate: fl
     stage.finished(f"{out.name}: {summary['queries_this_run']} queries, {summary['judge_pairs_this_run']} pairs "
                    f"judged in {time.perf_counter() - started:.0f} s")
     return out / "judged"
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """One stage of the variants' training: `steps` on the judged rows mined from `world` (`cfg.world` narrowed to
+    the stage); `suffix` names the stage's models (empty for the last, whose models are the variants')."""
+
+    steps: int
+    cfg: Config
+    world: Path
+    mined: Path
+    suffix: str
+
+
+def training_stages(cfg: Config) -> list[TrainingStage]:
+    """The variants' training order. Without `demo.curriculum`, one stage: `demo.variant_steps` on the world
+    (<out>/world, mined into <out>/mined). A curriculum stage that narrows the world has its own scenes (the same
+    world seed, so the same held-out colour–shape combinations are kept out) under <out>/curriculum/stage<k>."""
+    out = Path(cfg.run.output_dir)
+    stages = cfg.demo.curriculum or [CurriculumStage(steps=cfg.demo.variant_steps)]
+    result = []
+    for k, stage in enumerate(stages):
+        narrowed = []
+        if stage.max_objects is not None and stage.max_objects != cfg.world.max_objects:
+            narrowed.append(f"world.max_objects={stage.max_objects}")
+        if stage.relations is not None and stage.relations != cfg.world.relations:
+            narrowed.append(f"world.relations={json.dumps(stage.relations)}")  # JSON is YAML's flow list
+        folder = out / "curriculum" / f"stage{k}" if narrowed else out
+        result.append(TrainingStage(stage.steps, cfg.with_overrides(*narrowed), folder / "world", folder / "mined",
+                                    "" if k == len(stages) - 1 else f".stage{k}"))
+    return result
+
+
+def schedule_text(cfg: Config) -> str:
+    """How the variants are trained, in words: '100 steps each' or '4,500 steps each, in 3 stages'."""
+    stages = cfg.demo.curriculum
+    steps = sum(s.steps for s in stages) if stages else cfg.demo.variant_steps
+    start = "from the baseline" if cfg.demo.variant_init == "baseline" else "from scratch"
+    return f"{start} ({steps:,} steps each" + (f", in {len(stages)} stages)" if stages else ")")
 
 
 def training_curves(runs: dict[str, dict], metric: str = "loss") -> dict[str, list[tuple[int, float]]]:
@@ -249,8 +289,13 @@ def run_pipeline(cfg: Config, console: Console) -> tuple[dict, dict, str | None,
         return f"[{next(numbers)}/{n_stages}] {text}"
 
     tables: dict[Path, object] = {}
-    with console.stage(title(f"synthesising the world into {out / 'world'}")):
+    stages = training_stages(cfg)
+    with console.stage(title(f"synthesising the world into {out / 'world'}"
+                             + (f" and {len(stages)} curriculum stages" if demo.curriculum else ""))):
         synthesize(cfg.world, out / "world")
+        for training in stages:
+            if training.world != out / "world":
+                synthesize(training.cfg.world, training.world)
     with mlflow_run(cfg.run, "demo", cfg, run_name=f"{cfg.run.name}-demo"):
         with console.stage(title(f"training the InfoNCE baseline on plain pairs ({demo.baseline_steps} steps)"),
                            total=demo.baseline_steps) as stage:
@@ -259,17 +304,23 @@ def run_pipeline(cfg: Config, console: Console) -> tuple[dict, dict, str | None,
 
         with console.stage(title(f"mining with the {cfg.judge.backend} judge over the baseline's "
                                  f"top-{cfg.mine.top_k}"), unit="query") as stage:
-            judged = mine_with(cfg, baseline, out / "mined", stage)
+            for training in stages:
+                mine_with(training.cfg, baseline, training.world, training.mined, stage)
+        judged = stages[-1].mined / "judged"  # the world's own judged rows: the reranker's and the sweep's
 
         runs: dict[str, dict] = {}
         with console.stage(title(f"training {len(demo.variants)} variants × {len(seeds)} seed"
-                                 f"{'s' * (len(seeds) > 1)} from the baseline ({demo.variant_steps} steps each)"),
-                           total=len(demo.variants) * len(seeds) * demo.variant_steps) as stage:
+                                 f"{'s' * (len(seeds) > 1)} {schedule_text(cfg)}"),
+                           total=len(demo.variants) * len(seeds) * sum(s.steps for s in stages)) as stage:
             for variant in demo.variants:
                 for seed in seeds:
-                    runs[f"{variant}-s{seed}"] = train_embedder(variant_loss(cfg, variant), f"{variant}-s{seed}",
-                                                                judged, demo.variant_steps, seed, init=baseline,
-                                                                stage=stage, tables=tables)
+                    init = baseline if demo.variant_init == "baseline" else None
+                    for training in stages:  # each stage starts from the one before
+                        name = f"{variant}-s{seed}{training.suffix}"
+                        runs[name] = train_embedder(variant_loss(training.cfg, variant), name, training.mined / "judged",
+                                                    training.steps, seed, init=init, stage=stage, tables=tables)
+                        init = runs[name]["model_dir"]
+            runs = {name: info for name, info in runs.items() if ".stage" not in name}
 
         reranker = None
         if with_reranker:
@@ -283,8 +334,8 @@ def run_pipeline(cfg: Config, console: Console) -> tuple[dict, dict, str | None,
                                      "full variant"),
                                total=len(demo.judge_noise_sweep) * len(seeds) * demo.variant_steps) as stage:
                 for rate in demo.judge_noise_sweep:
-                    noisy = mine_with(cfg, baseline, out / f"mined-flip{rate}", stage, flip_rate=rate,
-                                      count_queries=False)  # this stage counts training steps
+                    noisy = mine_with(cfg, baseline, out / "world", out / f"mined-flip{rate}", stage,
+                                      flip_rate=rate, count_queries=False)  # this stage counts training steps
                     sweep[rate] = {f"full-flip{rate}-s{seed}": train_embedder(
                         variant_loss(cfg, "full"), f"full-flip{rate}-s{seed}", noisy, demo.variant_steps, seed,
                         init=baseline, stage=stage, tables=tables) for seed in seeds}
@@ -398,8 +449,8 @@ def write_report(cfg: Config, metrics: dict[str, dict], runs: dict, sweep: dict,
     lines = [f"# maple demo — {cfg.run.name}", "",
              f"World: {cfg.world.n_train} training pairs, {cfg.world.n_test} test images, "
              f"{cfg.world.n_compositional} compositional rows; judge: {cfg.judge.backend}; "
-             f"{cfg.demo.seeds} seeds; baseline {cfg.demo.baseline_steps} steps, variants {cfg.demo.variant_steps} "
-             "steps from the baseline on the same judged data.", "",
+             f"{cfg.demo.seeds} seeds; baseline {cfg.demo.baseline_steps} steps, variants {schedule_text(cfg)} "
+             "on the same judged data.", "",
              "Recall ×100 on the retrieval test; compositional accuracy ×100 on held-out attribute combinations "
              "(mean ± std over seeds). Fine-grained = mean of the swap/replace types.", "",
              markdown_table({k: v for k, v in summary.items() if "flip" not in k}, types, "held_out"), "",

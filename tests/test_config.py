@@ -63,3 +63,21 @@ def test_with_overrides_returns_a_validated_copy():
     assert cfg.train.loss.rpa == "none" and cfg.run.seed == 0
     with pytest.raises(ConfigError):
         cfg.with_overrides("train.loss.rpa=triplewise")
+
+
+def test_a_curriculum_stage_narrows_the_world_and_says_which_key_does_not():
+    stages = '[{steps: 3, max_objects: 2, relations: [above, below]}, {steps: 2}]'
+    cfg = load_config(None, [f"demo.curriculum={stages}"])
+    assert [(s.steps, s.max_objects, s.relations) for s in cfg.demo.curriculum] == [(3, 2, ["above", "below"]),
+                                                                                   (2, None, None)]
+    with pytest.raises(ConfigError, match=r"^<defaults>: demo\.curriculum\[0\]\.max_objects \(4\) is above "
+                                          r"world\.max_objects \(3\)"):
+        load_config(None, ["demo.curriculum=[{steps: 1, max_objects: 4}]"])
+    with pytest.raises(ConfigError, match=r"demo\.curriculum\[1\]\.relations: \['inside'\]"):
+        load_config(None, ["demo.curriculum=[{steps: 1}, {steps: 1, relations: [above, inside]}]"])
+    with pytest.raises(ConfigError, match=r"demo\.curriculum\[0\]\.relations: empty"):
+        load_config(None, ["demo.curriculum=[{steps: 1, relations: []}]"])
+    with pytest.raises(ConfigError, match=r"key 'demo\.curriculum\.0\.steps'"):
+        load_config(None, ["demo.curriculum=[{steps: 0}]"])
+    with pytest.raises(ConfigError, match="does not combine with demo.curriculum"):
+        load_config(None, ["demo.curriculum=[{steps: 1}]", "demo.judge_noise_sweep=[0.1]"])

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.demo import VARIANTS, main
+from maple.data.synth import Scene
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,32 @@ def test_tiny_demo_runs_end_to_end_and_reports_every_variant(demo_runs):
     assert "retrieved" in sources and any(s.startswith("rewrite:") for s in sources), sources
 
 
+def test_the_curriculum_trains_each_variant_through_its_stages_in_order(demo_runs, mlflow_uri):
+    """demo_tiny.yaml's curriculum: two-object above/below scenes (their own world, mined and judged), then the
+    world; each variant's last stage starts from its first."""
+    import mlflow
+
+    out, _, _ = demo_runs[0]
+    stage = out / "curriculum" / "stage0"
+    rows = pq.read_table(stage / "world" / "train").to_pylist()
+    assert rows and all(len(Scene.from_json(r["annotation"]).objects) <= 2 for r in rows)
+    captions = " ".join(c for r in rows for c in r["captions"])
+    assert " above " in captions and "left of" not in captions and "right of" not in captions
+    judged = pq.read_table(stage / "mined" / "judged").to_pylist()
+    assert {r["query_id"] for r in judged} <= {r["id"] for r in rows}
+    assert all("left of" not in t and "right of" not in t for r in judged for t in r["rewrite_texts"] or [])
+    mlflow.set_tracking_uri(mlflow_uri)
+    for variant in VARIANTS:
+        first, last = out / "models" / f"{variant}-s0.stage0", out / "models" / f"{variant}-s0"
+        assert (first / "maple_embedder.json").exists() and (last / "maple_embedder.json").exists()
+        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                    filter_string=f"tags.mlflow.runName = 'demo-tiny-0-{variant}-s0'")
+        assert run.data.params["model.name_or_path"] == str(first), variant
+        assert run.data.params["train.steps"] == "1"
+    # only the variants' last stage is evaluated and reported
+    assert not any(".stage" in name for name in json.loads((out / "report" / "metrics.json").read_text()))
+
+
 def test_the_same_command_gives_the_same_numbers(demo_runs):
     (_, first, _), (_, second, _) = demo_runs
     assert first.keys() == second.keys()
@@ -68,8 +95,14 @@ def test_no_evaluation_image_or_pair_reaches_the_training_rows(demo_runs):
         eval_images.add(_pixels(row["image"]))
         eval_pairs |= {(_pixels(row["image"]), caption) for caption in row["captions"]}
 
-    judged = pq.read_table(out / "mined" / "judged").to_pylist()
-    assert judged
+    tables = [out / "mined" / "judged", *sorted((out / "curriculum").glob("stage*/mined/judged"))]
+    judged = [row for table in tables for row in pq.read_table(table).to_pylist()]
+    assert len(tables) == 2 and judged
+    # no training scene of any stage holds a held-out colour-shape combination
+    held_out = {tuple(c) for c in json.loads((world / "world.json").read_text())["held_out_combinations"]}
+    for train in (world / "train", *(out / "curriculum").glob("stage*/world/train")):
+        for row in pq.read_table(train, columns=["annotation"]).to_pylist():
+            assert not {(o.colour, o.shape) for o in Scene.from_json(row["annotation"]).objects} & held_out
     for row in judged:
         images = [row["query_image"], row["positive_image"], *(row["hard_negative_images"] or []),
                   *(row["ranking_images"] or [])]
