@@ -168,9 +168,9 @@ def training_stages(cfg: Config) -> list[TrainingStage]:
     stages = cfg.demo.curriculum or [CurriculumStage(steps=cfg.demo.variant_steps)]
     result = []
     for k, stage in enumerate(stages):
-        narrowed = []
-        if stage.max_objects is not None and stage.max_objects != cfg.world.max_objects:
-            narrowed.append(f"world.max_objects={stage.max_objects}")
+        narrowed = [f"world.{key}={value}" for key, value in (("min_objects", stage.min_objects),
+                                                              ("max_objects", stage.max_objects))
+                    if value is not None and value != getattr(cfg.world, key)]
         if stage.relations is not None and stage.relations != cfg.world.relations:
             narrowed.append(f"world.relations={json.dumps(stage.relations)}")  # JSON is YAML's flow list
         folder = out / "curriculum" / f"stage{k}" if narrowed else out
@@ -290,12 +290,12 @@ def run_pipeline(cfg: Config, console: Console) -> tuple[dict, dict, str | None,
 
     tables: dict[Path, object] = {}
     stages = training_stages(cfg)
-    with console.stage(title(f"synthesising the world into {out / 'world'}"
-                             + (f" and {len(stages)} curriculum stages" if demo.curriculum else ""))):
+    narrowed = [training for training in stages if training.world != out / "world"]
+    with console.stage(title(f"synthesising the world into {out / 'world'}" + (
+            f" and the curriculum's {len(narrowed)} narrowed world{'s' * (len(narrowed) > 1)}" if narrowed else ""))):
         synthesize(cfg.world, out / "world")
-        for training in stages:
-            if training.world != out / "world":
-                synthesize(training.cfg.world, training.world)
+        for training in narrowed:
+            synthesize(training.cfg.world, training.world)
     with mlflow_run(cfg.run, "demo", cfg, run_name=f"{cfg.run.name}-demo"):
         with console.stage(title(f"training the InfoNCE baseline on plain pairs ({demo.baseline_steps} steps)"),
                            total=demo.baseline_steps) as stage:

@@ -26,11 +26,12 @@ from maple.train.config import TrainConfig
 
 
 class CurriculumStage(Section):
-    """One stage of the variants' training order (`demo.curriculum`): `steps` on scenes of the world narrowed to at
-    most `max_objects` objects and to the `relations` named (None: the world's own)."""
+    """One stage of the variants' training order (`demo.curriculum`): `steps` on scenes of the world narrowed to
+    `min_objects`..`max_objects` objects and to the `relations` named (None: the world's own)."""
 
     steps: int = Field(gt=0)
-    max_objects: int | None = Field(None, ge=2)
+    min_objects: int | None = Field(None, ge=1)
+    max_objects: int | None = Field(None, ge=1)
     relations: list[str] | None = None
 
 
@@ -77,6 +78,8 @@ class Config(Section):
             if stage.max_objects is not None and stage.max_objects > self.world.max_objects:
                 raise ValueError(f"demo.curriculum[{k}].max_objects ({stage.max_objects}) is above "
                                  f"world.max_objects ({self.world.max_objects}): a stage narrows the world")
+            if (stage.min_objects or self.world.min_objects) > (stage.max_objects or self.world.max_objects):
+                raise ValueError(f"demo.curriculum[{k}]: min_objects is above max_objects (the world's where unset)")
             unknown = sorted(set(stage.relations or []) - set(self.world.relations))
             if unknown or stage.relations == []:
                 raise ValueError(f"demo.curriculum[{k}].relations: {unknown or 'empty'}; a stage names some of "

@@ -77,6 +77,8 @@ def test_a_curriculum_stage_narrows_the_world_and_says_which_key_does_not():
         load_config(None, ["demo.curriculum=[{steps: 1}, {steps: 1, relations: [above, inside]}]"])
     with pytest.raises(ConfigError, match=r"demo\.curriculum\[0\]\.relations: empty"):
         load_config(None, ["demo.curriculum=[{steps: 1, relations: []}]"])
+    with pytest.raises(ConfigError, match=r"demo\.curriculum\[0\]: min_objects is above max_objects"):
+        load_config(None, ["demo.curriculum=[{steps: 1, min_objects: 3, max_objects: 2}]"])
     with pytest.raises(ConfigError, match=r"key 'demo\.curriculum\.0\.steps'"):
         load_config(None, ["demo.curriculum=[{steps: 0}]"])
     with pytest.raises(ConfigError, match="does not combine with demo.curriculum"):

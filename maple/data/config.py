@@ -15,6 +15,7 @@ class WorldConfig(Section):
     n_compositional: int = 300  # the compositional test (reported once)
     n_compositional_val: int = 300  # its validation twin (other scenes, same rules): what defaults are tuned on
     image_size: int = 64
+    min_objects: int = Field(1, ge=1)  # objects per scene, drawn uniformly between the two
     max_objects: int = 3
     shapes: list[str] = ["circle", "square", "triangle", "diamond"]
     colours: list[str] = ["red", "green", "blue", "yellow", "purple", "white"]
@@ -23,6 +24,13 @@ class WorldConfig(Section):
     held_out_fraction: float = 0.2  # share of (colour, shape) combinations never seen in training
     captions_per_image: int = 2
     shard_size: int = 500
+
+
+    @model_validator(mode="after")
+    def _objects_range(self):
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"world.min_objects ({self.min_objects}) is above world.max_objects ({self.max_objects})")
+        return self
 
 
 class DataConfig(Section):

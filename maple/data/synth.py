@@ -201,7 +201,7 @@ def sample_scene(rng: random.Random, cfg: WorldConfig, forbid: set, require: set
     """Objects with distinct (size, colour, shape) triples in distinct cells. `forbid`: (colour, shape) pairs that
     must not appear; `require`: at least one object must use one of these pairs."""
     while True:
-        n = rng.randint(1, cfg.max_objects)
+        n = rng.randint(cfg.min_objects, cfg.max_objects)
         cells = rng.sample([(r, c) for r in range(GRID) for c in range(GRID)], n)
         objs: list[Obj] = []
         for (row, col) in cells:

@@ -136,3 +136,17 @@ def test_random_scenes_parse_back_from_their_captions():
         scene = sample_scene(rng, cfg, forbid=set())
         caption = render_caption(describe(scene, rng, cfg.relations))
         assert {t for t in parse_caption(caption).mentions} == {o.triple for o in scene.objects}
+
+
+def test_scenes_hold_between_min_and_max_objects():
+    from maple.data.synth import sample_scene
+
+    def counts(**bounds):
+        rng = random.Random(0)
+        return {len(sample_scene(rng, WorldConfig(**bounds), set()).objects) for _ in range(60)}
+
+    assert counts() == {1, 2, 3}
+    assert counts(min_objects=2) == {2, 3}
+    assert counts(min_objects=2, max_objects=2) == {2}
+    with pytest.raises(ValueError, match=r"world.min_objects \(3\) is above world.max_objects \(2\)"):
+        WorldConfig(min_objects=3, max_objects=2)

@@ -51,7 +51,7 @@ def test_the_curriculum_trains_each_variant_through_its_stages_in_order(demo_run
     out, _, _ = demo_runs[0]
     stage = out / "curriculum" / "stage0"
     rows = pq.read_table(stage / "world" / "train").to_pylist()
-    assert rows and all(len(Scene.from_json(r["annotation"]).objects) <= 2 for r in rows)
+    assert rows and all(len(Scene.from_json(r["annotation"]).objects) == 2 for r in rows)
     captions = " ".join(c for r in rows for c in r["captions"])
     assert " above " in captions and "left of" not in captions and "right of" not in captions
     judged = pq.read_table(stage / "mined" / "judged").to_pylist()
