@@ -315,12 +315,12 @@ def run_pipeline(cfg: Config, console: Console) -> tuple[dict, dict, str | None,
             for variant in demo.variants:
                 for seed in seeds:
                     init = baseline if demo.variant_init == "baseline" else None
-                    for training in stages:  # each stage starts from the one before
+                    for training in stages:  # each stage starts from the one before; the last is the variant
                         name = f"{variant}-s{seed}{training.suffix}"
-                        runs[name] = train_embedder(variant_loss(training.cfg, variant), name, training.mined / "judged",
-                                                    training.steps, seed, init=init, stage=stage, tables=tables)
-                        init = runs[name]["model_dir"]
-            runs = {name: info for name, info in runs.items() if ".stage" not in name}
+                        result = train_embedder(variant_loss(training.cfg, variant), name, training.mined / "judged",
+                                                training.steps, seed, init=init, stage=stage, tables=tables)
+                        init = result["model_dir"]
+                    runs[f"{variant}-s{seed}"] = result
 
         reranker = None
         if with_reranker:
