@@ -10,7 +10,7 @@ import re
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.demo import VARIANTS, main
+from jobs.demo import VARIANTS, goal_statement, main
 from maple.data.synth import Scene
 
 
@@ -130,3 +130,21 @@ def test_the_console_shows_the_stages_and_ends_with_the_table_and_where_to_look(
     # ...while the records of maple and the libraries are in the run's log
     log = (out / "logs" / "demo.log").read_text()
     assert "INFO maple.stages.mining: mining" in log and "WARNING mlflow" in log
+
+
+def _summary(full_fg, base_fg, t2i_drop, seeds, std=0.01):
+    def variant(fg, t2i):
+        return {"fine_grained": (fg, std, seeds), "t2i_r@1": (t2i, std, seeds), "i2t_r@1": (0.7, std, seeds)}
+    return {"infonce": variant(base_fg, 0.78), "full": variant(full_fg, 0.78 - t2i_drop)}
+
+
+def test_the_goal_statement_holds_the_run_to_every_clause_of_the_goal():
+    met = goal_statement(_summary(0.80, 0.64, 0.005, seeds=3))
+    assert "+16.0 points (2 std = 2.0)" in met and met.strip().endswith("met.") and "NOT" not in met
+    one_seed = goal_statement(_summary(0.80, 0.64, 0.005, seeds=1, std=0.0))
+    assert "one seed: no spread" in one_seed and "NOT met" in one_seed  # a mean over >= 3 seeds is asked for
+    assert "text→image -10.6" in (recall := goal_statement(_summary(0.90, 0.64, 0.106, seeds=3)))
+    assert "NOT met" in recall
+    assert "NOT met" in goal_statement(_summary(0.70, 0.64, 0.0, seeds=3))  # +6 < 10
+    assert "NOT met" in goal_statement(_summary(0.75, 0.64, 0.0, seeds=3, std=0.06))  # +11 within 2 std = 12
+    assert goal_statement({"infonce": {}}) == ""
