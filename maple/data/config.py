@@ -25,7 +25,6 @@ class WorldConfig(Section):
     captions_per_image: int = 2
     shard_size: int = 500
 
-
     @model_validator(mode="after")
     def _objects_range(self):
         if self.min_objects > self.max_objects:
