@@ -4,7 +4,7 @@ The convention: each ```bash block of the page is run, line by line (a trailing 
 lines are comments); a line `NAME=...` is a shell variable that the later lines of its section see. No other fence
 may hold a shell command (`test_every_shell_block_of_the_page_is_run`). The blocks before "## On a cluster" run on
 one machine (each job starts an embedded Ray); the blocks after it are submitted to a `ray start --head` of the
-test's own on 127.0.0.1 (`ray_head`, tests/conftest.py). Every command runs in a copy of the repository (its tracked
+suite's own on 127.0.0.1 (`ray_head`, tests/conftest.py). Every command runs in a copy of the repository (its tracked
 and unignored files), so the page's relative outputs (`runs/photos`, `mlflow.db`) land there and `--working-dir .`
 uploads it.
 
@@ -276,13 +276,6 @@ def env_for(base: dict[str, str]) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def no_tracking_env(monkeypatch):
-    """The page's own MLflow settings, not the suite's store: requested before `ray_head`, whose jobs inherit the
-    environment of `ray start`."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 # --- what the page says each step produces ----------------------------------------------------------------------------
 
 
@@ -419,7 +412,7 @@ def test_one_machine_section_runs_as_written(layout, tmp_path):
         page.stop()
 
 
-def test_cluster_section_runs_as_written_against_a_local_head(layout, no_tracking_env, ray_head, tmp_path):
+def test_cluster_section_runs_as_written_against_a_local_head(layout, ray_head, tmp_path):
     root, photos = layout["root"], layout["photos"]
     cwd = repo_copy(tmp_path / "repo")
     shared = root / "shared"
