@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.maple-installed
 
-.PHONY: setup demo test test-cluster bench clean
+.PHONY: setup demo test test-fast test-cluster bench clean
 
 # torch first, from the CPU build (DEVELOPERS.md says why), then everything else under the same constraint.
 $(STAMP): pyproject.toml constraints-cpu.txt
@@ -31,6 +31,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The inner loop: every test but those that need a Ray or run a job, server or script as a process (marker `e2e`,
+# tests/conftest.py). `make test` and CI run the whole suite.
+test-fast: setup
+	$(PY) -m pytest -m "not e2e and not cluster"
 
 # Node loss and autoscaling on a multi-node Ray cluster simulated on this machine (tests/cluster, marker `cluster`;
 # `make test` leaves them out). docs/cluster.md, "When a node dies", reports what they measure.

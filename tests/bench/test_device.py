@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # runs the benchmark script as a process
+
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_METRICS = ("step_s", "samples_per_s", "peak_memory_gb", "tflops", "mfu")
 JUDGE_METRICS = ("seconds", "pairs_per_s", "ratio_to_unshared_limit", "mfu_all_tokens")

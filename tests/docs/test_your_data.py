@@ -46,6 +46,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+pytestmark = pytest.mark.e2e  # runs the page's commands as processes
+
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "your-data.md"
 CLUSTER_HEADING = "## On a cluster"

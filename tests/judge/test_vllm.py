@@ -5,6 +5,8 @@ import pytest
 
 from maple.judge.config import JudgeConfig
 
+pytestmark = pytest.mark.e2e  # a vLLM engine, in a process of its own
+
 
 @pytest.fixture(scope="module")
 def vllm_judge(tiny_llama):

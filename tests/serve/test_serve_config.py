@@ -113,6 +113,7 @@ def test_a_deployment_that_cannot_be_placed_is_refused_naming_asked_free_and_the
         check_fits(2.0, 0.0, 2.0)
 
 
+@pytest.mark.e2e  # `maple serve` as a process, which starts a Ray
 def test_maple_serve_refuses_within_seconds_what_this_ray_cannot_place(tmp_path):
     """The documented command, asked for more CPUs than the machine has: one sentence, exit code 2, no hang."""
     import os

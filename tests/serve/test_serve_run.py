@@ -12,8 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import requests
 import yaml
+
+pytestmark = pytest.mark.e2e  # runs `serve run` as a process
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_DEADLINE_S = 420  # several Python processes import torch; minutes on a loaded 2-core machine

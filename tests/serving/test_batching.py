@@ -18,20 +18,23 @@ def test_calls_that_queue_while_the_model_runs_form_one_batch():
     """The defect of `@serve.batch` it replaces: while a batch runs, arrivals must wait for one batch, not be cut
     into many small ones on a timer."""
     batches: list[list[int]] = []
+    released = asyncio.Event()  # the first batch runs until every later call has arrived (no timer to race)
 
     async def model(items):
         batches.append(list(items))
-        await asyncio.sleep(0.05)
+        await released.wait()
         return [i * 10 for i in items]
 
     async def main():
         batcher = Batcher(model, max_size=32, wait_s=0.001)
         first = asyncio.create_task(batcher(0))
-        await asyncio.sleep(0.01)  # the first batch is running
+        while not batches:  # the first batch is running
+            await asyncio.sleep(0.001)
         rest = []
         for i in range(1, 21):
             rest.append(asyncio.create_task(batcher(i)))
-            await asyncio.sleep(0.001)  # arrivals spread over 20 ms, longer than wait_s
+            await asyncio.sleep(0.001)  # arrivals spread over 20 ms or more, longer than wait_s
+        released.set()
         return await first, await asyncio.gather(*rest)
 
     first, rest = run(main())
