@@ -32,8 +32,8 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
-# The inner loop: every test but those that need a Ray or run a job, server or script as a process (marker `e2e`,
-# tests/conftest.py). `make test` and CI run the whole suite.
+# The inner loop: every test but those that need a Ray or a vLLM engine, or run a job, server or script as a process
+# (marker `e2e`, tests/conftest.py). `make test` and CI run the whole suite.
 test-fast: setup
 	$(PY) -m pytest -m "not e2e and not cluster"
 

@@ -32,10 +32,11 @@ RAY_FIXTURES = {"ray_local", "ray_head"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that needs a Ray (directly or through another fixture) is marked `e2e`, as the modules that run a
-    job, a server or a script as a process mark themselves: `make test-fast` leaves them out. The tests that submit
-    to `ray_head` run last, together (a stable sort: each keeps its place among them): the session's one head starts
-    once, and its idle daemons (5.2 s of CPU a minute, measured) never run beside the rest of the suite."""
+    """Every test that needs a Ray (directly or through another fixture) is marked `e2e`, as the modules that start
+    a vLLM engine, a job, a server or a script as a process mark themselves: `make test-fast` leaves them out. The
+    tests that submit to `ray_head` run last, together (a stable sort: each keeps its place among them): the
+    session's one head starts once, and its idle daemons (5.2 s of CPU a minute, measured) never run beside the rest
+    of the suite."""
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
